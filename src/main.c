@@ -1,0 +1,157 @@
+/*
+ * tetherd: load and check the configuration, start the workers, and turn
+ * signals into actions: SIGTERM/SIGINT stop gracefully (in-flight requests
+ * finish, up to shutdown_timeout), SIGUSR1 reopens the access log.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "tether/config.h"
+#include "tether/net.h"
+#include "tether/proxy.h"
+#include "tether/util.h"
+
+struct daemon {
+    struct event_base *base;
+    struct tether_config *cfg;
+    struct tether_proxy *proxy;
+    struct tether_net *net;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: tetherd [-c FILE] [-t] [-V] [-h]\n"
+                 "  -c FILE  configuration file (default " TETHER_CONFIG_DEFAULT_PATH ")\n"
+                 "  -t       check the configuration and exit (0: valid, 1: not)\n"
+                 "  -V       print the version and exit\n"
+                 "  -h       this help\n");
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    tether_log_info("%s: stopping: no new connections, finishing in-flight requests",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+    event_base_loopexit(d->base, NULL);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    tether_log_warn("SIGHUP: configuration reload is not available in this version; "
+                    "the running configuration is kept");
+}
+
+/* Wait for the workers until the deadline, then make them stop. */
+static void join_within(struct tether_net *net, uint64_t timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += (time_t)(timeout_ms / 1000);
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    if (tether_net_join_until(net, &deadline) < 0) {
+        tether_log_warn("shutdown_timeout reached: closing the remaining connections");
+        tether_net_break(net);
+        tether_net_join(net);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = TETHER_CONFIG_DEFAULT_PATH;
+    bool check = false;
+    int opt;
+    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check = true;
+            break;
+        case 'V':
+            printf("tetherd %s\n", TETHER_VERSION_STRING);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct tether_config_errors errs = {0};
+    struct tether_config *cfg = tether_config_load(path, &errs);
+    tether_config_errors_print(&errs, path, stderr);
+    tether_config_errors_deinit(&errs);
+    if (check) {
+        if (cfg)
+            fprintf(stderr, "%s: configuration is valid\n", path);
+        tether_config_free(cfg);
+        return cfg ? 0 : 1;
+    }
+    if (!cfg)
+        return 1;
+    tether_log_set_level(cfg->log.level);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct daemon d = {.cfg = cfg};
+    int rc = 1;
+    d.base = event_base_new();
+    d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
+    d.net = d.proxy ? tether_net_new(d.proxy) : NULL;
+    if (!d.net)
+        goto out;
+    struct event *sigs[3] = {
+        evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
+        evsignal_new(d.base, SIGINT, on_stop_signal, &d),
+        evsignal_new(d.base, SIGHUP, on_hup, &d),
+    };
+    for (size_t i = 0; i < 3; i++)
+        if (sigs[i])
+            evsignal_add(sigs[i], NULL);
+    int err = tether_net_start(d.net);
+    if (err < 0) {
+        tether_log_error("cannot start workers: %s", strerror(-err));
+        tether_net_stop(d.net);
+        tether_net_join(d.net);
+        goto out_sigs;
+    }
+    tether_log_info("tetherd %s started: %u worker%s, %zu listener%s, %zu backend%s",
+                    TETHER_VERSION_STRING, cfg->workers, cfg->workers == 1 ? "" : "s",
+                    cfg->nlistens, cfg->nlistens == 1 ? "" : "s", cfg->nbackends,
+                    cfg->nbackends == 1 ? "" : "s");
+    event_base_dispatch(d.base);
+
+    tether_net_stop(d.net);
+    join_within(d.net, cfg->shutdown_timeout_ms);
+    tether_log_info("stopped");
+    rc = 0;
+out_sigs:
+    for (size_t i = 0; i < 3; i++)
+        if (sigs[i])
+            event_free(sigs[i]);
+out:
+    tether_net_free(d.net);
+    tether_proxy_free(d.proxy);
+    if (d.base)
+        event_base_free(d.base);
+    tether_config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,242 @@
+/*
+ * Worker threads and their listeners. Every worker owns an event_base, a
+ * proxy worker and one SO_REUSEPORT socket per configured listen address:
+ * the kernel balances accepted connections across workers, and no
+ * connection ever changes thread. Stop and break requests from the main
+ * thread reach a worker through an event activated on its base.
+ */
+#include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+
+#include "tether/net.h"
+#include "tether/proxy.h"
+#include "tether/util.h"
+
+struct listener {
+    struct worker *worker;
+    struct evconnlistener *ev;
+    int tls;
+};
+
+struct worker {
+    struct tether_net *net;
+    int id;
+    pthread_t thread;
+    bool started;
+    struct event_base *base;
+    struct tether_proxy_worker *proxy;
+    struct listener *listeners;
+    size_t nlisteners;
+    struct event *stop_ev;       /* activated from the main thread */
+};
+
+struct tether_net {
+    struct tether_proxy *proxy;  /* borrowed */
+    struct worker *workers;
+    size_t nworkers;
+};
+
+static int bind_socket(const char *address)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (tether_sockaddr_parse(address, &ss, &len) < 0) {
+        tether_log_error("listen %s: not an IP address", address);
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 1024) < 0) {
+        int err = -errno;
+        tether_log_error("listen %s: %s", address, strerror(-err));
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct listener *l = arg;
+    tether_proxy_accept(l->worker->proxy, fd, sa, (socklen_t)salen, l->tls);
+}
+
+static void on_accept_error(struct evconnlistener *ev, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    /* EMFILE and friends: the listener keeps going; say so once per event. */
+    tether_log_warn("accept: %s", evutil_socket_error_to_string(err));
+}
+
+static void close_listeners(struct worker *wk)
+{
+    for (size_t i = 0; i < wk->nlisteners; i++) {
+        if (wk->listeners[i].ev)
+            evconnlistener_free(wk->listeners[i].ev);
+        wk->listeners[i].ev = NULL;
+    }
+}
+
+static void on_drained(void *arg)
+{
+    struct worker *wk = arg;
+    event_base_loopexit(wk->base, NULL);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *wk = arg;
+    close_listeners(wk);
+    tether_proxy_worker_stop(wk->proxy, on_drained, wk);
+}
+
+static void *run(void *arg)
+{
+    struct worker *wk = arg;
+    event_base_dispatch(wk->base);
+    return NULL;
+}
+
+static int worker_init(struct tether_net *net, struct worker *wk, int id)
+{
+    const struct tether_config *cfg = net->proxy->cfg;
+    wk->net = net;
+    wk->id = id;
+    wk->base = event_base_new();
+    if (!wk->base)
+        return -ENOMEM;
+    wk->proxy = tether_proxy_worker_new(net->proxy, wk->base, id);
+    wk->stop_ev = event_new(wk->base, -1, 0, on_stop, wk);
+    wk->listeners = calloc(cfg->nlistens, sizeof(*wk->listeners));
+    if (!wk->proxy || !wk->stop_ev || !wk->listeners)
+        return -ENOMEM;
+    wk->nlisteners = cfg->nlistens;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        int fd = bind_socket(cfg->listens[i].address);
+        if (fd < 0)
+            return fd;
+        struct listener *l = &wk->listeners[i];
+        l->worker = wk;
+        l->tls = cfg->listens[i].tls != NULL;
+        l->ev = evconnlistener_new(wk->base, on_accept, l,
+                                   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+        if (!l->ev) {
+            close(fd);
+            return -ENOMEM;
+        }
+        evconnlistener_set_error_cb(l->ev, on_accept_error);
+    }
+    return 0;
+}
+
+struct tether_net *tether_net_new(struct tether_proxy *proxy)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
+
+    struct tether_net *net = calloc(1, sizeof(*net));
+    if (!net)
+        return NULL;
+    net->proxy = proxy;
+    net->nworkers = proxy->cfg->workers;
+    net->workers = calloc(net->nworkers, sizeof(*net->workers));
+    if (!net->workers)
+        goto fail;
+    for (size_t i = 0; i < net->nworkers; i++) {
+        int err = worker_init(net, &net->workers[i], (int)i);
+        if (err < 0) {
+            if (err != -EINVAL && err != -EADDRINUSE)
+                tether_log_error("worker %zu: %s", i, strerror(-err));
+            goto fail;
+        }
+    }
+    return net;
+fail:
+    tether_net_free(net);
+    return NULL;
+}
+
+int tether_net_start(struct tether_net *net)
+{
+    for (size_t i = 0; i < net->nworkers; i++) {
+        struct worker *wk = &net->workers[i];
+        int err = pthread_create(&wk->thread, NULL, run, wk);
+        if (err)
+            return -err;
+        wk->started = true;
+    }
+    return 0;
+}
+
+void tether_net_stop(struct tether_net *net)
+{
+    for (size_t i = 0; i < net->nworkers; i++)
+        event_active(net->workers[i].stop_ev, 0, 0);
+}
+
+void tether_net_break(struct tether_net *net)
+{
+    for (size_t i = 0; i < net->nworkers; i++)
+        event_base_loopbreak(net->workers[i].base);
+}
+
+void tether_net_join(struct tether_net *net)
+{
+    for (size_t i = 0; i < net->nworkers; i++) {
+        if (net->workers[i].started)
+            pthread_join(net->workers[i].thread, NULL);
+        net->workers[i].started = false;
+    }
+}
+
+int tether_net_join_until(struct tether_net *net, const struct timespec *deadline)
+{
+    int rc = 0;
+    for (size_t i = 0; i < net->nworkers; i++) {
+        if (!net->workers[i].started)
+            continue;
+        if (pthread_timedjoin_np(net->workers[i].thread, NULL, deadline) == 0)
+            net->workers[i].started = false;
+        else
+            rc = -ETIMEDOUT;
+    }
+    return rc;
+}
+
+void tether_net_free(struct tether_net *net)
+{
+    if (!net)
+        return;
+    for (size_t i = 0; net->workers && i < net->nworkers; i++) {
+        struct worker *wk = &net->workers[i];
+        if (wk->listeners) {
+            close_listeners(wk);
+            free(wk->listeners);
+        }
+        tether_proxy_worker_free(wk->proxy);
+        if (wk->stop_ev)
+            event_free(wk->stop_ev);
+        if (wk->base)
+            event_base_free(wk->base);
+    }
+    free(net->workers);
+    free(net);
+}

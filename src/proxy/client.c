@@ -1,0 +1,555 @@
+/*
+ * The client side of the data path: accept, parse each request head,
+ * choose its backend, stream its body upstream, and after the response
+ * either wait for the next (possibly pipelined) request or close.
+ * Errors are answered with a short plain-text response and a lingering
+ * close, so the client reads the answer before it sees the connection end.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "tether/lb.h"
+#include "tether/util.h"
+#include "proxy-int.h"
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void parse_next(struct conn *c);
+
+static struct timeval ms_tv(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static void arm(struct conn *c, enum conn_timer mode)
+{
+    const struct tether_config_timeouts *t = &c->w->cfg->timeouts;
+    uint64_t ms = mode == T_HEADER ? t->client_header_ms
+                  : mode == T_IDLE ? t->client_idle_ms
+                                   : TETHER_PROXY_LINGER_MS;
+    struct timeval tv = ms_tv(ms);
+    c->timer_mode = mode;
+    event_add(&c->timer, &tv);
+}
+
+static void disarm(struct conn *c)
+{
+    if (c->timer_mode != T_NONE)
+        event_del(&c->timer);
+    c->timer_mode = T_NONE;
+}
+
+static void maybe_drained(struct tether_proxy_worker *w)
+{
+    if (w->stopping && w->nconns == 0 && w->drained) {
+        void (*done)(void *) = w->drained;
+        w->drained = NULL;
+        done(w->drained_arg);
+    }
+}
+
+/* The request stops counting as in flight on its backend. */
+static void request_end(struct conn *c)
+{
+    if (c->backend >= 0) {
+        atomic_fetch_sub(&c->w->proxy->backends[c->backend].inflight, 1);
+        c->backend = -1;
+    }
+}
+
+static void conn_free(struct conn *c)
+{
+    struct tether_proxy_worker *w = c->w;
+    if (c->up)
+        upstream_release(c->up, false);
+    request_end(c);
+    disarm(c);
+    bufferevent_free(c->bev);
+    TAILQ_REMOVE(&w->conns, c, link);
+    w->nconns--;
+    atomic_fetch_sub(&w->proxy->connections, 1);
+    free(c->head);
+    free(c);
+    maybe_drained(w);
+}
+
+void conn_abort(struct conn *c)
+{
+    conn_free(c);
+}
+
+/* Output flushed: stop sending, keep reading (and discarding) for a while. */
+static void linger_start(struct conn *c)
+{
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    evbuffer_drain(bufferevent_get_input(c->bev), (size_t)-1);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    disarm(c);
+    arm(c, T_LINGER);
+}
+
+/* Close once everything queued for the client is written. */
+static void close_gracefully(struct conn *c)
+{
+    if (c->up)
+        upstream_release(c->up, false);
+    request_end(c);
+    c->state = C_LINGER;
+    disarm(c);
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        linger_start(c);
+}
+
+void conn_error(struct conn *c, int status, const char *what)
+{
+    if (c->resp_started) {
+        /* Part of a response is out: the only honest signal left is the close. */
+        conn_abort(c);
+        return;
+    }
+    if (c->up)
+        upstream_release(c->up, false);
+    c->status = status;
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "%sConnection: close\r\n\r\n%s\n",
+                     status, tether_http_reason(status), strlen(what) + 1,
+                     status == 503 ? "Retry-After: 1\r\n" : "", what);
+    evbuffer_add(bufferevent_get_output(c->bev), buf, (size_t)n);
+    c->bytes_out += (uint64_t)n;
+    c->resp_started = true;
+    if (c->t_start == 0)
+        c->t_start = tether_now_us();
+    accesslog_write(c);
+    close_gracefully(c);
+}
+
+void conn_upstream_failed(struct conn *c, int status, const char *what, bool retryable)
+{
+    if (retryable && upstream_attach(c) == 0)
+        return;
+    conn_error(c, status, what);
+}
+
+void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct sockaddr *sa,
+                         socklen_t salen, int tls)
+{
+    struct tether_proxy *p = w->proxy;
+    if (w->stopping ||
+        atomic_fetch_add(&p->connections, 1) >= w->cfg->limits.max_connections) {
+        if (!w->stopping)
+            atomic_fetch_sub(&p->connections, 1);
+        close(fd);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        goto fail;
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev)
+        goto fail;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer,
+                  sizeof(c->peer));
+    else
+        strcpy(c->peer, "unix");
+    (void)salen;
+    c->w = w;
+    c->tls = tls != 0;
+    c->backend = -1;
+    c->state = C_HEAD;
+    TAILQ_INSERT_TAIL(&w->conns, c, link);
+    w->nconns++;
+
+    event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    /* The input holds at most one head plus some of what follows it. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
+    bufferevent_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    struct timeval wt = ms_tv(w->cfg->timeouts.client_idle_ms);
+    bufferevent_set_timeouts(c->bev, NULL, &wt);
+    bufferevent_enable(c->bev, EV_READ);
+    arm(c, T_HEADER);
+    return;
+fail:
+    atomic_fetch_sub(&p->connections, 1);
+    if (c && c->bev)
+        bufferevent_free(c->bev);
+    else
+        close(fd);
+    free(c);
+}
+
+void conn_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    enum conn_timer mode = c->timer_mode;
+    c->timer_mode = T_NONE;
+    switch (mode) {
+    case T_HEADER:
+        if (c->state == C_HEAD) {
+            conn_error(c, 408, "request head not received in time");
+            return;
+        }
+        break;
+    case T_IDLE:
+    case T_LINGER:
+        conn_free(c);
+        return;
+    case T_NONE:
+        break;
+    }
+}
+
+static bool is_idempotent(const char *m, size_t n)
+{
+    static const char *const ok[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        if (n == strlen(ok[i]) && memcmp(m, ok[i], n) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The session key of a request, from the configured header. Returns 1 and
+ * sets key/len when there is one, 0 when there is none, -1 when it is
+ * invalid (empty, too long, not printable ASCII, or sent twice).
+ */
+static int find_key(const struct tether_config *cfg, const struct tether_http_request *req,
+                    const char **key, size_t *len)
+{
+    const char *name = cfg->session.header;
+    size_t nlen = strlen(name);
+    int found = 0;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct tether_http_header *h = &req->headers[i];
+        if (!tether_strieq(h->name, h->name_len, name, nlen))
+            continue;
+        if (found)
+            return -1;
+        found = 1;
+        *key = h->value;
+        *len = h->value_len;
+    }
+    if (!found)
+        return 0;
+    if (*len == 0 || *len > TETHER_PROXY_MAX_KEY)
+        return -1;
+    for (size_t i = 0; i < *len; i++)
+        if ((unsigned char)(*key)[i] < 0x21 || (unsigned char)(*key)[i] > 0x7e)
+            return -1;
+    return 1;
+}
+
+static void start_request(struct conn *c, const struct tether_http_request *req, size_t head_len)
+{
+    struct tether_proxy_worker *w = c->w;
+    const struct tether_config *cfg = w->cfg;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+
+    disarm(c);
+    c->state = C_ACTIVE;
+    c->t_start = tether_now_us();
+    c->t_upstream = c->t_first_byte = 0;
+    c->status = 0;
+    c->bytes_out = 0;
+    c->resp_started = c->resp_done = c->close_after = false;
+    c->attempts = 0;
+    c->retried_reuse = false;
+    size_t ml = req->method_len < sizeof(c->method) - 1 ? req->method_len : sizeof(c->method) - 1;
+    memcpy(c->method, req->method, ml);
+    c->method[ml] = '\0';
+    c->path_len = req->target_len < sizeof(c->path) ? req->target_len : sizeof(c->path);
+    memcpy(c->path, req->target, c->path_len);
+    c->minor = req->minor_version;
+    c->head_method = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+    c->idempotent = is_idempotent(req->method, req->method_len);
+    if (c->minor == 1)
+        c->keepalive = !(req->flags & TETHER_HTTP_F_CONN_CLOSE);
+    else
+        c->keepalive = (req->flags & TETHER_HTTP_F_CONN_KEEPALIVE) &&
+                       !(req->flags & TETHER_HTTP_F_CONN_CLOSE);
+    if (w->stopping)
+        c->keepalive = false;
+    c->upgrade = c->minor == 1 && (req->flags & TETHER_HTTP_F_UPGRADE) &&
+                 (req->flags & TETHER_HTTP_F_CONN_UPGRADE);
+    c->has_key = false;
+
+    if (req->method_len == 7 && memcmp(req->method, "CONNECT", 7) == 0) {
+        conn_error(c, 501, "CONNECT is not supported");
+        return;
+    }
+    if (req->body == TETHER_HTTP_BODY_LENGTH && req->content_length > cfg->limits.max_body_bytes) {
+        conn_error(c, 413, "request body larger than the limit");
+        return;
+    }
+    const char *key = NULL;
+    size_t key_len = 0;
+    int k = find_key(cfg, req, &key, &key_len);
+    if (k < 0) {
+        conn_error(c, 400, "invalid session key");
+        return;
+    }
+    if (k > 0) {
+        c->has_key = true;
+        c->key_hash = tether_ring_hash(key, key_len);
+    }
+    int b = proxy_pick(w, c->has_key, c->key_hash);
+    if (b < 0) {
+        conn_error(c, 503, "no backend available");
+        return;
+    }
+    c->backend = b;
+    atomic_fetch_add(&w->proxy->backends[b].inflight, 1);
+    if (rewrite_request(c, req, key, key_len) < 0) {
+        conn_error(c, 500, "out of memory");
+        return;
+    }
+    evbuffer_drain(in, head_len);
+
+    c->req_body = req->body;
+    c->req_left = req->content_length;
+    tether_http_chunked_init(&c->req_chunk);
+    c->req_done = req->body == TETHER_HTTP_BODY_NONE;
+    if (upstream_attach(c) < 0)
+        conn_error(c, 502, "backend connection failed");
+}
+
+static void parse_next(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    if (len == 0)
+        return;
+    size_t max = c->w->cfg->limits.max_header_bytes;
+    size_t n = len < max ? len : max;
+    const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
+    struct tether_http_header headers[TETHER_HTTP_MAX_HEADERS];
+    struct tether_http_request req = {.headers = headers};
+    ssize_t r = tether_http_parse_request(buf, n, &req, TETHER_HTTP_MAX_HEADERS);
+    if (r == TETHER_HTTP_PARTIAL) {
+        if (len >= max)
+            conn_error(c, 431, "request head larger than the limit");
+        return;
+    }
+    if (r == TETHER_HTTP_ETOOMANY) {
+        conn_error(c, 431, "too many header fields");
+        return;
+    }
+    if (r < 0) {
+        conn_error(c, 400, "malformed request");
+        return;
+    }
+    start_request(c, &req, (size_t)r);
+}
+
+void conn_forward_request_body(struct conn *c)
+{
+    if (c->req_done || !c->up)
+        return;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    if (c->req_body == TETHER_HTTP_BODY_LENGTH) {
+        size_t n = evbuffer_get_length(in);
+        if (n > c->req_left)
+            n = (size_t)c->req_left;
+        evbuffer_remove_buffer(in, out, n);
+        c->req_left -= n;
+        c->req_done = c->req_left == 0;
+    } else {
+        while (!c->req_done && evbuffer_get_length(in) > 0) {
+            struct evbuffer_iovec v[16];
+            int nv = evbuffer_peek(in, -1, NULL, v, 16);
+            if (nv > 16)
+                nv = 16;
+            size_t take = 0;
+            int done = 0;
+            for (int i = 0; i < nv && !done; i++) {
+                ssize_t r = tether_http_chunked_scan(&c->req_chunk, v[i].iov_base, v[i].iov_len,
+                                                     &done);
+                if (r < 0) {
+                    conn_error(c, 400, "malformed chunked request body");
+                    return;
+                }
+                take += (size_t)r;
+            }
+            if (c->req_chunk.body_bytes > c->w->cfg->limits.max_body_bytes) {
+                conn_error(c, 413, "request body larger than the limit");
+                return;
+            }
+            evbuffer_remove_buffer(in, out, take);
+            c->req_done = done;
+        }
+    }
+    /* Backpressure: stop reading the client while the backend is behind. */
+    if (!c->req_done && evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+void conn_start_tunnel(struct conn *c)
+{
+    c->state = C_TUNNEL;
+    c->req_done = true;
+    struct timeval tv = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, TETHER_PROXY_HIGH_WATER);
+    bufferevent_enable(c->bev, EV_READ);
+    on_read(c->bev, c);
+}
+
+void conn_response_done(struct conn *c)
+{
+    c->resp_done = true;
+    accesslog_write(c);
+    request_end(c);
+    if (!c->req_done || c->close_after || !c->keepalive) {
+        close_gracefully(c);
+        return;
+    }
+    c->state = C_HEAD;
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+        arm(c, T_HEADER);
+        parse_next(c);
+    } else {
+        arm(c, T_IDLE);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    switch (c->state) {
+    case C_HEAD:
+        if (c->timer_mode == T_IDLE) {
+            disarm(c);
+            arm(c, T_HEADER);
+        }
+        parse_next(c);
+        break;
+    case C_ACTIVE:
+        if (c->up && c->up->state != U_CONNECTING)
+            conn_forward_request_body(c);
+        break;
+    case C_TUNNEL:
+        if (c->up) {
+            struct evbuffer *out = bufferevent_get_output(c->up->bev);
+            evbuffer_add_buffer(out, in);
+            if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
+                bufferevent_disable(bev, EV_READ);
+        }
+        break;
+    case C_LINGER:
+        evbuffer_drain(in, evbuffer_get_length(in));
+        break;
+    }
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == C_LINGER) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && c->timer_mode != T_LINGER)
+            linger_start(c);
+        return;
+    }
+    if (c->up)
+        upstream_resume(c->up);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == C_LINGER) {
+        conn_free(c);
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+        /* A half-close after a complete request still gets its response. */
+        if (c->state == C_ACTIVE && c->req_done) {
+            c->close_after = true;
+            return;
+        }
+        if (c->state == C_TUNNEL && c->up) {
+            upstream_tunnel_client_closed(c->up);
+            return;
+        }
+    }
+    conn_abort(c);
+}
+
+struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
+                                                    struct event_base *base, int id)
+{
+    struct tether_proxy_worker *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    w->proxy = proxy;
+    w->cfg = proxy->cfg;
+    w->base = base;
+    w->id = id;
+    TAILQ_INIT(&w->conns);
+    w->pools = calloc(proxy->nbackends, sizeof(*w->pools));
+    w->scratch_inflight = calloc(proxy->nbackends, sizeof(*w->scratch_inflight));
+    w->scratch_up = calloc(proxy->nbackends, sizeof(*w->scratch_up));
+    if (!w->pools || !w->scratch_inflight || !w->scratch_up) {
+        tether_proxy_worker_free(w);
+        return NULL;
+    }
+    for (size_t i = 0; i < proxy->nbackends; i++)
+        TAILQ_INIT(&w->pools[i].idle);
+    return w;
+}
+
+void tether_proxy_worker_free(struct tether_proxy_worker *w)
+{
+    if (!w)
+        return;
+    w->drained = NULL;
+    while (!TAILQ_EMPTY(&w->conns))
+        conn_free(TAILQ_FIRST(&w->conns));
+    if (w->pools)
+        upstream_pool_free(w);
+    free(w->pools);
+    free(w->scratch_inflight);
+    free(w->scratch_up);
+    free(w);
+}
+
+void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *), void *arg)
+{
+    w->stopping = true;
+    w->drained = done;
+    w->drained_arg = arg;
+    upstream_pool_free(w);
+    struct conn *c = TAILQ_FIRST(&w->conns);
+    while (c) {
+        struct conn *next = TAILQ_NEXT(c, link);
+        if (c->state == C_HEAD && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            conn_free(c);
+        else
+            c->keepalive = false;
+        c = next;
+    }
+    maybe_drained(w);
+}

@@ -1,0 +1,197 @@
+/*
+ * The heads tether sends: the request head for the backend and the
+ * response head for the client. Hop-by-hop fields (RFC 9110 7.6.1) and
+ * every field the peer named in Connection are dropped; a client can never
+ * forge tether's own x-fc-session-* fields, nor X-Forwarded-Proto/-Host;
+ * X-Forwarded-For is appended to.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "tether/util.h"
+#include "proxy-int.h"
+
+#define MAX_CONN_TOKENS 16
+
+struct span {
+    const char *p;
+    size_t n;
+};
+
+static int ieq(const char *a, size_t an, const char *lit)
+{
+    return tether_strieq(a, an, lit, strlen(lit));
+}
+
+int header_is_hop_by_hop(const char *name, size_t len)
+{
+    return ieq(name, len, "connection") || ieq(name, len, "keep-alive") ||
+           ieq(name, len, "proxy-connection") || ieq(name, len, "te") ||
+           ieq(name, len, "trailer") || ieq(name, len, "upgrade");
+}
+
+/* The field names listed in Connection headers (framing fields never count). */
+static size_t connection_tokens(const struct tether_http_header *h, size_t nh, struct span *tok)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (!ieq(h[i].name, h[i].name_len, "connection"))
+            continue;
+        const char *p = h[i].value, *end = p + h[i].value_len;
+        while (p < end && n < MAX_CONN_TOKENS) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > s && !ieq(s, (size_t)(p - s), "content-length") &&
+                !ieq(s, (size_t)(p - s), "transfer-encoding") && !ieq(s, (size_t)(p - s), "host"))
+                tok[n++] = (struct span){s, (size_t)(p - s)};
+        }
+    }
+    return n;
+}
+
+static int listed(const struct span *tok, size_t ntok, const char *name, size_t len)
+{
+    for (size_t i = 0; i < ntok; i++)
+        if (tether_strieq(tok[i].p, tok[i].n, name, len))
+            return 1;
+    return 0;
+}
+
+static int is_session_field(const char *name, size_t len)
+{
+    return len >= 13 && tether_strieq(name, 13, "x-fc-session-", 13);
+}
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+#define PUTS(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+int rewrite_request(struct conn *c, const struct tether_http_request *req, const char *key,
+                    size_t key_len)
+{
+    const struct tether_http_header *h = req->headers;
+    size_t nh = req->num_headers;
+    size_t need = req->method_len + req->target_len + 64 + key_len + req->host_len * 2 + 256;
+    for (size_t i = 0; i < nh; i++)
+        need += h[i].name_len + h[i].value_len + 4;
+    if (need > c->head_cap) {
+        size_t cap = need < 1024 ? 1024 : need;
+        char *nb = realloc(c->head, cap);
+        if (!nb)
+            return -1;
+        c->head = nb;
+        c->head_cap = cap;
+    }
+
+    struct span tok[MAX_CONN_TOKENS];
+    size_t ntok = connection_tokens(h, nh, tok);
+    char *p = c->head;
+    p = put(p, req->method, req->method_len);
+    *p++ = ' ';
+    p = put(p, req->target, req->target_len);
+    p = c->minor == 1 ? PUTS(p, " HTTP/1.1\r\n") : PUTS(p, " HTTP/1.0\r\n");
+
+    const struct tether_http_header *xff[8];
+    size_t nxff = 0;
+    for (size_t i = 0; i < nh; i++) {
+        const char *n = h[i].name;
+        size_t nl = h[i].name_len;
+        if (ieq(n, nl, "upgrade") && c->upgrade)
+            goto keep;
+        if (header_is_hop_by_hop(n, nl) || is_session_field(n, nl) ||
+            ieq(n, nl, "x-forwarded-proto") || ieq(n, nl, "x-forwarded-host") ||
+            listed(tok, ntok, n, nl))
+            continue;
+        if (ieq(n, nl, "x-forwarded-for")) {
+            if (nxff < sizeof(xff) / sizeof(xff[0]))
+                xff[nxff++] = &h[i];
+            continue;
+        }
+    keep:
+        p = put(p, n, nl);
+        p = PUTS(p, ": ");
+        p = put(p, h[i].value, h[i].value_len);
+        p = PUTS(p, "\r\n");
+    }
+    if (c->upgrade)
+        p = PUTS(p, "Connection: upgrade\r\n");
+    else if (c->minor == 0)
+        p = PUTS(p, "Connection: close\r\n");
+    if (key) {
+        p = PUTS(p, "x-fc-session-id: ");
+        p = put(p, key, key_len);
+        p = PUTS(p, "\r\n");
+    }
+    p = PUTS(p, "X-Forwarded-For: ");
+    for (size_t i = 0; i < nxff; i++) {
+        p = put(p, xff[i]->value, xff[i]->value_len);
+        p = PUTS(p, ", ");
+    }
+    p = put(p, c->peer, strlen(c->peer));
+    p = c->tls ? PUTS(p, "\r\nX-Forwarded-Proto: https\r\n")
+               : PUTS(p, "\r\nX-Forwarded-Proto: http\r\n");
+    if (req->host && req->host_len) {
+        p = PUTS(p, "X-Forwarded-Host: ");
+        p = put(p, req->host, req->host_len);
+        p = PUTS(p, "\r\n");
+    }
+    p = PUTS(p, "\r\n");
+    c->head_len = (size_t)(p - c->head);
+    return 0;
+}
+
+int rewrite_response(struct conn *c, struct upstream *u, const struct tether_http_response *res,
+                     struct evbuffer *out)
+{
+    const struct tether_http_header *h = res->headers;
+    size_t nh = res->num_headers;
+    size_t need = res->reason_len + 96;
+    for (size_t i = 0; i < nh; i++)
+        need += h[i].name_len + h[i].value_len + 4;
+
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) < 1 || v.iov_len < need)
+        return -1;
+    struct span tok[MAX_CONN_TOKENS];
+    size_t ntok = connection_tokens(h, nh, tok);
+    char *p = v.iov_base;
+    char code[4] = {(char)('0' + res->status / 100), (char)('0' + res->status / 10 % 10),
+                    (char)('0' + res->status % 10), ' '};
+    p = PUTS(p, "HTTP/1.1 ");
+    p = put(p, code, 4);
+    p = put(p, res->reason, res->reason_len);
+    p = PUTS(p, "\r\n");
+    bool switching = res->status == 101;
+    for (size_t i = 0; i < nh; i++) {
+        const char *n = h[i].name;
+        size_t nl = h[i].name_len;
+        if (!(switching && ieq(n, nl, "upgrade")) &&
+            (header_is_hop_by_hop(n, nl) || listed(tok, ntok, n, nl)))
+            continue;
+        p = put(p, n, nl);
+        p = PUTS(p, ": ");
+        p = put(p, h[i].value, h[i].value_len);
+        p = PUTS(p, "\r\n");
+    }
+    if (switching)
+        p = PUTS(p, "Connection: upgrade\r\n");
+    else if (res->status >= 200) {
+        if (c->close_after || !c->keepalive)
+            p = PUTS(p, "Connection: close\r\n");
+        else if (c->minor == 0)
+            p = PUTS(p, "Connection: keep-alive\r\n");
+    }
+    p = PUTS(p, "\r\n");
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    (void)u;
+    return evbuffer_commit_space(out, &v, 1);
+}

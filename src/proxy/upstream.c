@@ -1,0 +1,434 @@
+/*
+ * The backend side of the data path: connections to backends, a pool of
+ * idle keep-alive connections per backend and worker, and the relay of a
+ * response (1xx, head, body, or a tunnel after 101) to the client.
+ * A connection goes back to the pool only when the response ended on its
+ * own framing and the whole request was sent.
+ */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "tether/util.h"
+#include "proxy-int.h"
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_write(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+
+static struct timeval ms_tv(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static void upstream_free(struct upstream *u)
+{
+    if (u->c)
+        u->c->up = NULL;
+    bufferevent_free(u->bev);
+    free(u);
+}
+
+static void pool_remove(struct upstream *u)
+{
+    struct pool *pl = &u->w->pools[u->backend];
+    TAILQ_REMOVE(&pl->idle, u, link);
+    pl->nidle--;
+    upstream_free(u);
+}
+
+/* A pooled connection must stay silent; anything it says ends it. */
+static void on_pool_read(struct bufferevent *bev, void *arg)
+{
+    pool_remove(arg);
+}
+
+static void on_pool_event(struct bufferevent *bev, short what, void *arg)
+{
+    pool_remove(arg);
+}
+
+void upstream_release(struct upstream *u, bool reusable)
+{
+    struct tether_proxy_worker *w = u->w;
+    struct pool *pl = &w->pools[u->backend];
+    if (u->c)
+        u->c->up = NULL;
+    u->c = NULL;
+    if (!reusable || w->stopping || pl->nidle >= TETHER_PROXY_POOL_MAX ||
+        evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
+        upstream_free(u);
+        return;
+    }
+    u->state = U_IDLE;
+    bufferevent_setcb(u->bev, on_pool_read, NULL, on_pool_event, u);
+    struct timeval tv = ms_tv(TETHER_PROXY_POOL_IDLE_MS);
+    bufferevent_set_timeouts(u->bev, &tv, NULL);
+    bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
+    bufferevent_enable(u->bev, EV_READ);
+    /* Most recently used first: the warmest connection is reused next. */
+    TAILQ_INSERT_HEAD(&pl->idle, u, link);
+    pl->nidle++;
+}
+
+void upstream_pool_free(struct tether_proxy_worker *w)
+{
+    for (size_t i = 0; i < w->proxy->nbackends; i++)
+        while (!TAILQ_EMPTY(&w->pools[i].idle))
+            pool_remove(TAILQ_FIRST(&w->pools[i].idle));
+}
+
+void upstream_start_request(struct upstream *u)
+{
+    struct conn *c = u->c;
+    const struct tether_config_timeouts *t = &u->w->cfg->timeouts;
+    u->state = U_HEAD;
+    u->got_bytes = false;
+    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    struct timeval rt = ms_tv(t->backend_response_ms), wt = ms_tv(t->backend_idle_ms);
+    bufferevent_set_timeouts(u->bev, &rt, &wt);
+    bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
+    bufferevent_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    evbuffer_add(bufferevent_get_output(u->bev), c->head, c->head_len);
+    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    c->t_upstream = tether_now_us();
+    atomic_fetch_add(&u->w->proxy->backends[u->backend].requests, 1);
+    conn_forward_request_body(c);
+}
+
+int upstream_attach(struct conn *c)
+{
+    struct tether_proxy_worker *w = c->w;
+    struct pool *pl = &w->pools[c->backend];
+    struct upstream *u = TAILQ_FIRST(&pl->idle);
+    if (u) {
+        TAILQ_REMOVE(&pl->idle, u, link);
+        pl->nidle--;
+        u->c = c;
+        u->reused = true;
+        c->up = u;
+        upstream_start_request(u);
+        return 0;
+    }
+    const struct tether_backend *be = &w->proxy->backends[c->backend];
+    c->attempts++;
+    u = calloc(1, sizeof(*u));
+    if (!u)
+        return -1;
+    u->w = w;
+    u->backend = c->backend;
+    u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!u->bev) {
+        free(u);
+        return -1;
+    }
+    u->c = c;
+    c->up = u;
+    u->state = U_CONNECTING;
+    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    struct timeval ct = ms_tv(w->cfg->timeouts.backend_connect_ms);
+    bufferevent_set_timeouts(u->bev, NULL, &ct);
+    if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&be->addr, (int)be->addrlen) < 0) {
+        upstream_free(u);
+        return -1;
+    }
+    return 0;
+}
+
+/* The response is complete: give the connection back and move the client on. */
+static void response_complete(struct upstream *u)
+{
+    struct conn *c = u->c;
+    upstream_release(u, u->keepalive && c->req_done);
+    conn_response_done(c);
+}
+
+static void relay_body(struct upstream *u)
+{
+    struct conn *c = u->c;
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    int done = 0;
+
+    switch (u->body) {
+    case TETHER_HTTP_BODY_NONE:
+        done = 1;
+        break;
+    case TETHER_HTTP_BODY_LENGTH: {
+        size_t n = evbuffer_get_length(in);
+        if (n > u->left)
+            n = (size_t)u->left;
+        evbuffer_remove_buffer(in, out, n);
+        u->left -= n;
+        done = u->left == 0;
+        break;
+    }
+    case TETHER_HTTP_BODY_CHUNKED:
+        while (!done && evbuffer_get_length(in) > 0) {
+            struct evbuffer_iovec v[16];
+            int nv = evbuffer_peek(in, -1, NULL, v, 16);
+            if (nv > 16)
+                nv = 16;
+            size_t take = 0;
+            for (int i = 0; i < nv && !done; i++) {
+                ssize_t r = tether_http_chunked_scan(&u->chunk, v[i].iov_base, v[i].iov_len, &done);
+                if (r < 0) {
+                    tether_log_warn("backend %s: malformed chunked response body",
+                                    u->w->proxy->backends[u->backend].name);
+                    conn_abort(c);
+                    return;
+                }
+                take += (size_t)r;
+            }
+            evbuffer_remove_buffer(in, out, take);
+        }
+        break;
+    case TETHER_HTTP_BODY_EOF:
+        evbuffer_add_buffer(out, in);
+        break;
+    }
+    c->bytes_out += evbuffer_get_length(out) - before;
+    if (done) {
+        response_complete(u);
+        return;
+    }
+    if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
+        bufferevent_disable(u->bev, EV_READ);
+}
+
+static void start_tunnel(struct upstream *u)
+{
+    struct conn *c = u->c;
+    u->state = U_TUNNEL;
+    struct timeval tv = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
+    bufferevent_set_timeouts(u->bev, &tv, &tv);
+    bufferevent_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(u->bev));
+    conn_start_tunnel(c);
+}
+
+/* Parse response heads: any number of 1xx, then the final one. */
+static void read_head(struct upstream *u)
+{
+    struct conn *c = u->c;
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+
+    while (evbuffer_get_length(in) > 0) {
+        size_t len = evbuffer_get_length(in);
+        size_t n = len < TETHER_PROXY_MAX_RESPONSE_HEAD ? len : TETHER_PROXY_MAX_RESPONSE_HEAD;
+        const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
+        struct tether_http_header headers[TETHER_HTTP_MAX_HEADERS];
+        struct tether_http_response res = {.headers = headers};
+        ssize_t r = tether_http_parse_response(buf, n, &res, TETHER_HTTP_MAX_HEADERS);
+        if (r == TETHER_HTTP_PARTIAL && len < TETHER_PROXY_MAX_RESPONSE_HEAD)
+            return;
+        if (r < 0) {
+            tether_log_warn("backend %s: invalid response head",
+                            u->w->proxy->backends[u->backend].name);
+            upstream_release(u, false);
+            conn_error(c, 502, "invalid response from the backend");
+            return;
+        }
+        if (res.status < 200) {
+            if (res.status == 101) {
+                if (!c->upgrade) {
+                    upstream_release(u, false);
+                    conn_error(c, 502, "unexpected 101 from the backend");
+                    return;
+                }
+                c->status = 101;
+                c->t_first_byte = tether_now_us();
+                rewrite_response(c, u, &res, out);
+                evbuffer_drain(in, (size_t)r);
+                c->resp_started = true;
+                start_tunnel(u);
+                return;
+            }
+            /* Interim responses go to HTTP/1.1 clients only (RFC 9110 15.2). */
+            if (c->minor == 1) {
+                rewrite_response(c, u, &res, out);
+                c->resp_started = true;
+            }
+            evbuffer_drain(in, (size_t)r);
+            continue;
+        }
+
+        c->status = res.status;
+        c->t_first_byte = tether_now_us();
+        u->body = res.body;
+        if (c->head_method || res.status == 204 || res.status == 304)
+            u->body = TETHER_HTTP_BODY_NONE;
+        u->left = res.content_length;
+        tether_http_chunked_init(&u->chunk);
+        if (res.minor_version == 1)
+            u->keepalive = !(res.flags & TETHER_HTTP_F_CONN_CLOSE);
+        else
+            u->keepalive = (res.flags & TETHER_HTTP_F_CONN_KEEPALIVE) &&
+                           !(res.flags & TETHER_HTTP_F_CONN_CLOSE);
+        if (c->minor == 0)
+            u->keepalive = false; /* we asked for close on its behalf */
+        /* Without its own framing, or with the request still streaming, the
+           response ends the client connection. */
+        if (u->body == TETHER_HTTP_BODY_EOF || !c->req_done ||
+            (c->minor == 0 && u->body == TETHER_HTTP_BODY_CHUNKED))
+            c->close_after = true;
+        size_t before = evbuffer_get_length(out);
+        rewrite_response(c, u, &res, out);
+        c->bytes_out += evbuffer_get_length(out) - before;
+        evbuffer_drain(in, (size_t)r);
+        c->resp_started = true;
+        u->state = U_BODY;
+        struct timeval rt = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
+        bufferevent_set_timeouts(u->bev, &rt, &rt);
+        relay_body(u);
+        return;
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    struct conn *c = u->c;
+    if (!c)
+        return;
+    u->got_bytes = true;
+    switch (u->state) {
+    case U_HEAD:
+        read_head(u);
+        break;
+    case U_BODY:
+        relay_body(u);
+        break;
+    case U_TUNNEL: {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        evbuffer_add_buffer(out, bufferevent_get_input(bev));
+        if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
+            bufferevent_disable(bev, EV_READ);
+        break;
+    }
+    case U_CONNECTING:
+    case U_IDLE:
+        break;
+    }
+}
+
+/* The backend took some of what we queued: read more from the client. */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct upstream *u = arg;
+    struct conn *c = u->c;
+    if (!c)
+        return;
+    if (c->state == C_TUNNEL) {
+        if (c->close_after && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+            conn_abort(c);
+            return;
+        }
+        bufferevent_enable(c->bev, EV_READ);
+        return;
+    }
+    if (!c->req_done && u->state != U_CONNECTING) {
+        bufferevent_enable(c->bev, EV_READ);
+        conn_forward_request_body(c);
+    }
+}
+
+void upstream_resume(struct upstream *u)
+{
+    if ((u->state == U_BODY || u->state == U_TUNNEL) &&
+        !(bufferevent_get_enabled(u->bev) & EV_READ)) {
+        bufferevent_enable(u->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_input(u->bev)) > 0)
+            on_read(u->bev, u);
+    }
+}
+
+void upstream_tunnel_client_closed(struct upstream *u)
+{
+    struct conn *c = u->c;
+    c->close_after = true;
+    evbuffer_add_buffer(bufferevent_get_output(u->bev), bufferevent_get_input(c->bev));
+    if (evbuffer_get_length(bufferevent_get_output(u->bev)) == 0)
+        conn_abort(c);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct upstream *u = arg;
+    struct conn *c = u->c;
+    struct tether_backend *be = &u->w->proxy->backends[u->backend];
+
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        upstream_start_request(u);
+        return;
+    }
+    if (!c) {
+        upstream_free(u);
+        return;
+    }
+    switch (u->state) {
+    case U_CONNECTING: {
+        bool timeout = what & BEV_EVENT_TIMEOUT;
+        atomic_fetch_add(&be->connect_failures, 1);
+        tether_log_debug("backend %s: connect %s", be->name, timeout ? "timed out" : "failed");
+        upstream_free(u);
+        /* Nothing reached the backend: any method may be tried again. */
+        conn_upstream_failed(c, timeout ? 503 : 502,
+                             timeout ? "backend connect timed out" : "backend connection failed",
+                             c->attempts <= c->w->cfg->retries);
+        return;
+    }
+    case U_HEAD:
+        if (what & BEV_EVENT_TIMEOUT) {
+            upstream_free(u);
+            conn_error(c, 504, "backend response timed out");
+            return;
+        }
+        /* A pooled connection the backend closed as we reused it: once, for
+           a request that is safe to repeat and that we still hold whole. */
+        if (u->reused && !u->got_bytes && c->idempotent &&
+            c->req_body == TETHER_HTTP_BODY_NONE && !c->retried_reuse) {
+            c->retried_reuse = true;
+            upstream_free(u);
+            conn_upstream_failed(c, 502, "backend closed the connection", true);
+            return;
+        }
+        upstream_free(u);
+        conn_error(c, 502, "backend closed the connection before responding");
+        return;
+    case U_BODY:
+        if (!(what & BEV_EVENT_TIMEOUT) && u->body == TETHER_HTTP_BODY_EOF) {
+            relay_body(u);
+            if (c->up == u) {
+                u->keepalive = false;
+                response_complete(u);
+            }
+            return;
+        }
+        /* Truncated: never let a cut body pass for a complete one. */
+        tether_log_debug("backend %s: response cut short (%s)", be->name,
+                         (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "closed");
+        conn_abort(c);
+        return;
+    case U_TUNNEL:
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(bev));
+        upstream_free(u);
+        c->close_after = true;
+        c->state = C_ACTIVE;
+        c->req_done = true;
+        conn_response_done(c);
+        return;
+    case U_IDLE:
+        return;
+    }
+}
