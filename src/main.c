@@ -17,6 +17,7 @@
 #include "tether/config.h"
 #include "tether/net.h"
 #include "tether/proxy.h"
+#include "tether/tls.h"
 #include "tether/util.h"
 
 struct daemon {
@@ -98,6 +99,10 @@ int main(int argc, char **argv)
 
     struct tether_config_errors errs = {0};
     struct tether_config *cfg = tether_config_load(path, &errs);
+    if (cfg && tether_tls_check(cfg, &errs) > 0) {
+        tether_config_free(cfg);
+        cfg = NULL;
+    }
     tether_config_errors_print(&errs, path, stderr);
     tether_config_errors_deinit(&errs);
     if (check) {

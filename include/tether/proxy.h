@@ -22,6 +22,7 @@
 
 struct event_base;
 struct tether_ring;
+struct tether_tls_server;
 
 /* A backend's identity and live counters. */
 struct tether_backend {
@@ -41,6 +42,7 @@ struct tether_proxy {
     size_t nbackends;
     uint32_t *weights;           /* backends[i].weight, as one array for the lb */
     struct tether_ring *ring;
+    struct tether_tls_server **tls; /* per listen entry; NULL for plain TCP */
     int access_fd;               /* -1 when the access log is off */
     _Atomic uint64_t connections; /* open client connections, all workers */
     _Atomic uint32_t rr;         /* rotation for least-in-flight ties */
@@ -66,12 +68,11 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
 void tether_proxy_worker_free(struct tether_proxy_worker *w);
 
 /*
- * Take an accepted client socket (ownership of fd passes to the proxy;
- * it is closed on any failure). tls is non-zero on a TLS listener.
- * Thread: the worker's.
+ * Take a socket accepted on cfg->listens[listen] (ownership of fd passes
+ * to the proxy; it is closed on any failure). Thread: the worker's.
  */
 void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct sockaddr *sa,
-                         socklen_t salen, int tls);
+                         socklen_t salen, size_t listen);
 
 /*
  * Graceful stop of one worker: idle client connections are closed now,

@@ -26,7 +26,7 @@
 struct listener {
     struct worker *worker;
     struct evconnlistener *ev;
-    int tls;
+    size_t index;                /* in cfg->listens */
 };
 
 struct worker {
@@ -76,7 +76,7 @@ static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sock
                       int salen, void *arg)
 {
     struct listener *l = arg;
-    tether_proxy_accept(l->worker->proxy, fd, sa, (socklen_t)salen, l->tls);
+    tether_proxy_accept(l->worker->proxy, fd, sa, (socklen_t)salen, l->index);
 }
 
 static void on_accept_error(struct evconnlistener *ev, void *arg)
@@ -135,7 +135,7 @@ static int worker_init(struct tether_net *net, struct worker *wk, int id)
             return fd;
         struct listener *l = &wk->listeners[i];
         l->worker = wk;
-        l->tls = cfg->listens[i].tls != NULL;
+        l->index = i;
         l->ev = evconnlistener_new(wk->base, on_accept, l,
                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
         if (!l->ev) {

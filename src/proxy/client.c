@@ -17,8 +17,10 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 
 #include "tether/lb.h"
+#include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
@@ -85,9 +87,25 @@ static void conn_free(struct conn *c)
     maybe_drained(w);
 }
 
+/*
+ * The exchange cannot go on (a cut response, a body past its limit after
+ * the response started): send what is already queued, then close without
+ * reading more, so the client sees the response end where it broke.
+ */
 void conn_abort(struct conn *c)
 {
-    conn_free(c);
+    if (c->up)
+        upstream_release(c->up, false);
+    request_end(c);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_free(c);
+        return;
+    }
+    c->state = C_LINGER;
+    c->aborting = true;
+    bufferevent_disable(c->bev, EV_READ);
+    disarm(c);
+    arm(c, T_LINGER);
 }
 
 /* Output flushed: stop sending, keep reading (and discarding) for a while. */
@@ -147,7 +165,7 @@ void conn_upstream_failed(struct conn *c, int status, const char *what, bool ret
 }
 
 void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct sockaddr *sa,
-                         socklen_t salen, int tls)
+                         socklen_t salen, size_t listen)
 {
     struct tether_proxy *p = w->proxy;
     if (w->stopping ||
@@ -160,9 +178,25 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     struct conn *c = calloc(1, sizeof(*c));
     if (!c)
         goto fail;
-    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev)
-        goto fail;
+    struct tether_tls_server *tls = p->tls[listen];
+    if (tls) {
+        SSL *ssl = tether_tls_server_ssl(tls);
+        if (!ssl)
+            goto fail;
+        c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        if (!c->bev) {
+            SSL_free(ssl);
+            goto fail;
+        }
+        /* An unclean TLS close still ends the stream: the HTTP framing
+           tells a cut body from a complete one. */
+        bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+    } else {
+        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (!c->bev)
+            goto fail;
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (sa->sa_family == AF_INET)
@@ -174,7 +208,7 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
         strcpy(c->peer, "unix");
     (void)salen;
     c->w = w;
-    c->tls = tls != 0;
+    c->tls = tls != NULL;
     c->backend = -1;
     c->state = C_HEAD;
     TAILQ_INSERT_TAIL(&w->conns, c, link);
@@ -421,11 +455,17 @@ void conn_response_done(struct conn *c)
     c->resp_done = true;
     accesslog_write(c);
     request_end(c);
-    if (!c->req_done || c->close_after || !c->keepalive) {
+    if (!c->req_done || c->close_after || !c->keepalive ||
+        (c->read_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)) {
         close_gracefully(c);
         return;
     }
     c->state = C_HEAD;
+    c->resp_started = c->resp_done = false;
+    c->t_start = 0;
+    c->method[0] = '\0';
+    c->path_len = 0;
+    c->has_key = false;
     bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
         arm(c, T_HEADER);
@@ -469,7 +509,11 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     if (c->state == C_LINGER) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && c->timer_mode != T_LINGER)
+        if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+            return;
+        if (c->aborting)
+            conn_free(c);
+        else if (c->timer_mode != T_LINGER)
             linger_start(c);
         return;
     }
@@ -487,7 +531,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
         /* A half-close after a complete request still gets its response. */
         if (c->state == C_ACTIVE && c->req_done) {
-            c->close_after = true;
+            c->read_eof = true;
             return;
         }
         if (c->state == C_TUNNEL && c->up) {
@@ -495,7 +539,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             return;
         }
     }
-    conn_abort(c);
+    conn_free(c);
 }
 
 struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,

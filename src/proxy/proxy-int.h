@@ -86,6 +86,8 @@ struct conn {
     bool resp_started;           /* a byte of the response reached the client output */
     bool resp_done;
     bool close_after;            /* close once the response is complete */
+    bool read_eof;               /* the client half-closed: answer what it sent, then close */
+    bool aborting;               /* closing without lingering once output is flushed */
 
     /* For the access log. */
     char method[16];

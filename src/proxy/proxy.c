@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "tether/lb.h"
+#include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
@@ -46,6 +47,22 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
     free(nodes);
     nodes = NULL;
 
+    p->tls = calloc(cfg->nlistens, sizeof(*p->tls));
+    if (!p->tls)
+        goto fail;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        if (!cfg->listens[i].tls)
+            continue;
+        struct tether_config_errors errs = {0};
+        p->tls[i] = tether_tls_server_new(cfg, i, &errs);
+        for (size_t e = 0; e < errs.n; e++)
+            tether_log(errs.items[e].warning ? TETHER_LOG_WARN : TETHER_LOG_ERROR, "%s: %s",
+                       errs.items[e].key ? errs.items[e].key : "tls", errs.items[e].message);
+        tether_config_errors_deinit(&errs);
+        if (!p->tls[i])
+            goto fail;
+    }
+
     const char *access = cfg->log.access;
     if (strcmp(access, "stdout") == 0) {
         p->access_fd = dup(STDOUT_FILENO);
@@ -69,6 +86,9 @@ void tether_proxy_free(struct tether_proxy *p)
         return;
     if (p->access_fd >= 0)
         close(p->access_fd);
+    for (size_t i = 0; p->tls && i < p->cfg->nlistens; i++)
+        tether_tls_server_free(p->tls[i]);
+    free(p->tls);
     tether_ring_free(p->ring);
     free(p->backends);
     free(p->weights);
