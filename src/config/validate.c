@@ -81,17 +81,11 @@ static void check_session(struct ctx *c)
     const struct tether_config *cfg = c->cfg;
     const struct tether_config_session *s = &cfg->session;
     bool cookie = false;
-    char key[64];
 
-    for (size_t i = 0; i < s->nsources; i++) {
+    /* learn without learn_header is inert, as in the default list (DESIGN.md) */
+    for (size_t i = 0; i < s->nsources; i++)
         if (s->sources[i] == TETHER_SOURCE_COOKIE)
             cookie = true;
-        /* the default list names learn, inert until learn_header is set */
-        if (s->sources[i] == TETHER_SOURCE_LEARN && c->sources_set && !s->learn_header[0]) {
-            snprintf(key, sizeof(key), "session.sources[%zu]", i);
-            tether_config_report_at(c, key, false, "learn needs learn_header");
-        }
-    }
     if (s->insert_cookie && !cookie)
         tether_config_report_at(c, "session.insert_cookie", true,
                                 "a minted cookie is never read back: cookie is not in sources");

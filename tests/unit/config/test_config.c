@@ -72,7 +72,7 @@ START_TEST(one_pass)
         "  - address: 127.0.0.1:0\n"                 /* 2 */
         "workers: two\n"                             /* 3 */
         "session:\n"                                 /* 4 */
-        "  sources: [learn, cookie]\n"               /* 5 */
+        "  sources: [learn, cookie, learn]\n"        /* 5 */
         "  idle_timeout: 10y\n"                      /* 6 */
         "balance: { load_factor: 0.5 }\n"            /* 7 */
         "backends:\n"                                /* 8 */
@@ -94,7 +94,7 @@ START_TEST(one_pass)
     } want[] = {
         { 2, 14, "listen[0].address", "port must be" },
         { 3, 10, "workers", "expected an integer" },
-        { 5, 13, "session.sources[0]", "learn needs learn_header" },
+        { 5, 28, "session.sources[2]", "listed twice" },
         { 6, 17, "session.idle_timeout", "invalid duration" },
         { 7, 25, "balance.load_factor", "between 1.0 and 100" },
         { 11, 13, "backends[0].weight", "between 1 and 1000" },
