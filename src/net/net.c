@@ -6,6 +6,7 @@
  * thread reach a worker through an event activated on its base.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -17,7 +18,6 @@
 
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 
 #include "tether/net.h"
 #include "tether/proxy.h"
@@ -34,11 +34,13 @@ struct worker {
     int id;
     pthread_t thread;
     bool started;
+    bool stopping;
     struct event_base *base;
     struct tether_proxy_worker *proxy;
     struct listener *listeners;
     size_t nlisteners;
-    struct event *stop_ev;       /* activated from the main thread */
+    int wake[2];                 /* pipe: the main thread writes a command byte */
+    struct event *wake_ev;
 };
 
 struct tether_net {
@@ -101,11 +103,27 @@ static void on_drained(void *arg)
     event_base_loopexit(wk->base, NULL);
 }
 
-static void on_stop(evutil_socket_t fd, short what, void *arg)
+/* Commands from the main thread; the bases are lock-free, so a pipe is the only way in. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *wk = arg;
-    close_listeners(wk);
-    tether_proxy_worker_stop(wk->proxy, on_drained, wk);
+    char cmd[16];
+    ssize_t n = read(fd, cmd, sizeof(cmd));
+    for (ssize_t i = 0; i < n; i++) {
+        if (cmd[i] == 'b') {
+            event_base_loopbreak(wk->base);
+        } else if (cmd[i] == 's' && !wk->stopping) {
+            wk->stopping = true;
+            close_listeners(wk);
+            tether_proxy_worker_stop(wk->proxy, on_drained, wk);
+        }
+    }
+}
+
+static void send_cmd(struct worker *wk, char cmd)
+{
+    ssize_t n = write(wk->wake[1], &cmd, 1);
+    (void)n;
 }
 
 static void *run(void *arg)
@@ -120,13 +138,22 @@ static int worker_init(struct tether_net *net, struct worker *wk, int id)
     const struct tether_config *cfg = net->proxy->cfg;
     wk->net = net;
     wk->id = id;
-    wk->base = event_base_new();
+    /* One thread per base: no locks. The changelist folds an event removed
+       and added again within one loop turn into no epoll_ctl at all. */
+    struct event_config *ec = event_config_new();
+    if (!ec)
+        return -ENOMEM;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    wk->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     if (!wk->base)
         return -ENOMEM;
+    if (pipe2(wk->wake, O_NONBLOCK | O_CLOEXEC) < 0)
+        return -errno;
     wk->proxy = tether_proxy_worker_new(net->proxy, wk->base, id);
-    wk->stop_ev = event_new(wk->base, -1, 0, on_stop, wk);
+    wk->wake_ev = event_new(wk->base, wk->wake[0], EV_READ | EV_PERSIST, on_wake, wk);
     wk->listeners = calloc(cfg->nlistens, sizeof(*wk->listeners));
-    if (!wk->proxy || !wk->stop_ev || !wk->listeners)
+    if (!wk->proxy || !wk->wake_ev || !wk->listeners || event_add(wk->wake_ev, NULL) < 0)
         return -ENOMEM;
     wk->nlisteners = cfg->nlistens;
     for (size_t i = 0; i < cfg->nlistens; i++) {
@@ -149,9 +176,6 @@ static int worker_init(struct tether_net *net, struct worker *wk, int id)
 
 struct tether_net *tether_net_new(struct tether_proxy *proxy)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, (void (*)(void))evthread_use_pthreads);
-
     struct tether_net *net = calloc(1, sizeof(*net));
     if (!net)
         return NULL;
@@ -160,6 +184,8 @@ struct tether_net *tether_net_new(struct tether_proxy *proxy)
     net->workers = calloc(net->nworkers, sizeof(*net->workers));
     if (!net->workers)
         goto fail;
+    for (size_t i = 0; i < net->nworkers; i++)
+        net->workers[i].wake[0] = net->workers[i].wake[1] = -1;
     for (size_t i = 0; i < net->nworkers; i++) {
         int err = worker_init(net, &net->workers[i], (int)i);
         if (err < 0) {
@@ -189,13 +215,13 @@ int tether_net_start(struct tether_net *net)
 void tether_net_stop(struct tether_net *net)
 {
     for (size_t i = 0; i < net->nworkers; i++)
-        event_active(net->workers[i].stop_ev, 0, 0);
+        send_cmd(&net->workers[i], 's');
 }
 
 void tether_net_break(struct tether_net *net)
 {
     for (size_t i = 0; i < net->nworkers; i++)
-        event_base_loopbreak(net->workers[i].base);
+        send_cmd(&net->workers[i], 'b');
 }
 
 void tether_net_join(struct tether_net *net)
@@ -232,8 +258,12 @@ void tether_net_free(struct tether_net *net)
             free(wk->listeners);
         }
         tether_proxy_worker_free(wk->proxy);
-        if (wk->stop_ev)
-            event_free(wk->stop_ev);
+        if (wk->wake_ev)
+            event_free(wk->wake_ev);
+        if (wk->wake[0] >= 0) {
+            close(wk->wake[0]);
+            close(wk->wake[1]);
+        }
         if (wk->base)
             event_base_free(wk->base);
     }

@@ -524,6 +524,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED)
+        return; /* TLS handshake done */
     if (c->state == C_LINGER) {
         conn_free(c);
         return;
