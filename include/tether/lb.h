@@ -79,4 +79,30 @@ int tether_ring_pick(const struct tether_ring *ring, uint64_t h,
 int tether_lb_least_inflight(const uint32_t *inflight, const uint32_t *weight,
                              const unsigned char *up, size_t n, size_t start);
 
+/* One backend as the bounded-load pick sees it, indexed like the ring's nodes. */
+struct tether_lb_candidate {
+    uint32_t load;        /* live sessions bound to it */
+    uint32_t weight;      /* >= 1; 0 counts as not usable */
+    uint64_t cap;         /* max_sessions, 0 = no cap */
+    unsigned char usable; /* up, not draining, not disabled */
+};
+
+/*
+ * Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam),
+ * applied to sessions: walk the ring from h and return the first node that
+ * is usable, under its cap (load < cap), and eligible:
+ *   load_i < ceil(c * (T + 1) * w_i / W)
+ * with T = sum of load and W = sum of weight over the usable nodes and
+ * c = load_factor (>= 1.0). If none is eligible but some usable node is
+ * under its cap: the one with the lowest load_i / w_i (ties: first in ring
+ * order from h). If all usable nodes are at their cap, or none is usable: -1.
+ * cands has n entries indexed like the ring's nodes (n = tether_ring_nodes);
+ * a node without a point on the ring, or at an index >= n, is never chosen.
+ * c is taken in millionths (llround(c * 1e6); below 1.0 counts as 1.0, above
+ * 9.2e12 as 9.2e12) and the bound is computed exactly in 128-bit integers,
+ * the fallback ratios in 64-bit. No allocation, no lock: thread any.
+ */
+int tether_lb_bounded_pick(const struct tether_ring *ring, uint64_t h,
+                           const struct tether_lb_candidate *cands, size_t n, double c);
+
 #endif

@@ -22,6 +22,7 @@
 
 struct event_base;
 struct tether_ring;
+struct tether_session_table;
 struct tether_tls_server;
 
 /* A backend's identity and live counters. */
@@ -42,6 +43,8 @@ struct tether_proxy {
     size_t nbackends;
     uint32_t *weights;           /* backends[i].weight, as one array for the lb */
     struct tether_ring *ring;
+    struct tether_session_table *sessions;
+    _Atomic uint64_t state_dropped; /* state blobs over state_max_bytes */
     struct tether_tls_server **tls; /* per listen entry; NULL for plain TCP */
     int access_fd;               /* -1 when the access log is off */
     _Atomic uint64_t connections; /* open client connections, all workers */

@@ -53,6 +53,15 @@ static void disarm(struct conn *c)
     c->timer_mode = T_NONE;
 }
 
+/* Expire due sessions in this worker's share of the table's shards. */
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    struct tether_proxy_worker *w = arg;
+    size_t n = tether_session_shards(w->proxy->sessions), k = w->cfg->workers;
+    tether_session_expire(w->proxy->sessions, n * (size_t)w->id / k,
+                          n * ((size_t)w->id + 1) / k, tether_now_ms());
+}
+
 static void maybe_drained(struct tether_proxy_worker *w)
 {
     if (w->stopping && w->nconns == 0 && w->drained) {
@@ -65,6 +74,7 @@ static void maybe_drained(struct tether_proxy_worker *w)
 /* The request stops counting as in flight on its backend. */
 static void request_end(struct conn *c)
 {
+    affinity_release(c);
     if (c->backend >= 0) {
         atomic_fetch_sub(&c->w->proxy->backends[c->backend].inflight, 1);
         c->backend = -1;
@@ -263,37 +273,6 @@ static bool is_idempotent(const char *m, size_t n)
     return false;
 }
 
-/*
- * The session key of a request, from the configured header. Returns 1 and
- * sets key/len when there is one, 0 when there is none, -1 when it is
- * invalid (empty, too long, not printable ASCII, or sent twice).
- */
-static int find_key(const struct tether_config *cfg, const struct tether_http_request *req,
-                    const char **key, size_t *len)
-{
-    const char *name = cfg->session.header;
-    size_t nlen = strlen(name);
-    int found = 0;
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct tether_http_header *h = &req->headers[i];
-        if (!tether_strieq(h->name, h->name_len, name, nlen))
-            continue;
-        if (found)
-            return -1;
-        found = 1;
-        *key = h->value;
-        *len = h->value_len;
-    }
-    if (!found)
-        return 0;
-    if (*len == 0 || *len > TETHER_PROXY_MAX_KEY)
-        return -1;
-    for (size_t i = 0; i < *len; i++)
-        if ((unsigned char)(*key)[i] < 0x21 || (unsigned char)(*key)[i] > 0x7e)
-            return -1;
-    return 1;
-}
-
 static void start_request(struct conn *c, const struct tether_http_request *req, size_t head_len)
 {
     struct tether_proxy_worker *w = c->w;
@@ -326,7 +305,6 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
         c->keepalive = false;
     c->upgrade = c->minor == 1 && (req->flags & TETHER_HTTP_F_UPGRADE) &&
                  (req->flags & TETHER_HTTP_F_CONN_UPGRADE);
-    c->has_key = false;
 
     if (req->method_len == 7 && memcmp(req->method, "CONNECT", 7) == 0) {
         conn_error(c, 501, "CONNECT is not supported");
@@ -336,25 +314,15 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
         conn_error(c, 413, "request body larger than the limit");
         return;
     }
-    const char *key = NULL;
-    size_t key_len = 0;
-    int k = find_key(cfg, req, &key, &key_len);
-    if (k < 0) {
-        conn_error(c, 400, "invalid session key");
-        return;
-    }
-    if (k > 0) {
-        c->has_key = true;
-        c->key_hash = tether_ring_hash(key, key_len);
-    }
-    int b = proxy_pick(w, c->has_key, c->key_hash);
+    const char *why = NULL;
+    int b = affinity_route(c, req, &why);
     if (b < 0) {
-        conn_error(c, 503, "no backend available");
+        conn_error(c, -b, why);
         return;
     }
     c->backend = b;
     atomic_fetch_add(&w->proxy->backends[b].inflight, 1);
-    if (rewrite_request(c, req, key, key_len) < 0) {
+    if (rewrite_request(c, req) < 0) {
         conn_error(c, 500, "out of memory");
         return;
     }
@@ -558,7 +526,11 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->pools = calloc(proxy->nbackends, sizeof(*w->pools));
     w->scratch_inflight = calloc(proxy->nbackends, sizeof(*w->scratch_inflight));
     w->scratch_up = calloc(proxy->nbackends, sizeof(*w->scratch_up));
-    if (!w->pools || !w->scratch_inflight || !w->scratch_up) {
+    w->cands = calloc(proxy->nbackends, sizeof(*w->cands));
+    w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
+    struct timeval second = {1, 0};
+    if (!w->pools || !w->scratch_inflight || !w->scratch_up || !w->cands || !w->sweep ||
+        event_add(w->sweep, &second) < 0) {
         tether_proxy_worker_free(w);
         return NULL;
     }
@@ -579,12 +551,17 @@ void tether_proxy_worker_free(struct tether_proxy_worker *w)
     free(w->pools);
     free(w->scratch_inflight);
     free(w->scratch_up);
+    free(w->cands);
+    if (w->sweep)
+        event_free(w->sweep);
     free(w);
 }
 
 void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *), void *arg)
 {
     w->stopping = true;
+    if (w->sweep)
+        event_del(w->sweep);
     w->drained = done;
     w->drained_arg = arg;
     upstream_pool_free(w);

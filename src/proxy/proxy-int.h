@@ -19,6 +19,7 @@
 
 #include "tether/http.h"
 #include "tether/proxy.h"
+#include "tether/session.h"
 
 /* Bytes queued toward a peer before we stop reading from the other side. */
 #define TETHER_PROXY_HIGH_WATER (256 * 1024)
@@ -89,6 +90,14 @@ struct conn {
     bool read_eof;               /* the client half-closed: answer what it sent, then close */
     bool aborting;               /* closing without lingering once output is flushed */
 
+    /* The request's session: a copy of the key, never a record pointer. */
+    char key[TETHER_SESSION_MAX_KEY];
+    size_t key_len;
+    uint32_t epoch;
+    bool session;                /* acquired in the table: release at the end */
+    bool minted;                 /* a new key: set the cookie on the response */
+    bool delete_learned;         /* DELETE with the learn header: 2xx/404 ends it */
+
     /* For the access log. */
     char method[16];
     char path[256];
@@ -134,6 +143,8 @@ struct tether_proxy_worker {
     size_t nconns;
     struct pool *pools;          /* one per backend */
     uint32_t *scratch_inflight;  /* per backend, for the least-in-flight pick */
+    struct tether_lb_candidate *cands; /* per backend, for the bounded-load pick */
+    struct event *sweep;         /* session expiry for this worker's shards */
     unsigned char *scratch_up;
     bool stopping;
     void (*drained)(void *);
@@ -159,8 +170,7 @@ void upstream_tunnel_client_closed(struct upstream *u);
 void upstream_pool_free(struct tether_proxy_worker *w);
 
 /* rewrite.c: the head sent upstream and the head sent to the client. */
-int rewrite_request(struct conn *c, const struct tether_http_request *req, const char *key,
-                    size_t key_len);
+int rewrite_request(struct conn *c, const struct tether_http_request *req);
 int rewrite_response(struct conn *c, struct upstream *u, const struct tether_http_response *res,
                      struct evbuffer *out);
 int header_is_hop_by_hop(const char *name, size_t len);
@@ -169,6 +179,12 @@ int header_is_hop_by_hop(const char *name, size_t len);
 void accesslog_write(struct conn *c);
 
 /* proxy.c */
-int proxy_pick(struct tether_proxy_worker *w, bool has_key, uint64_t hash);
+int proxy_pick_least(struct tether_proxy_worker *w);
+
+/* affinity.c */
+int affinity_route(struct conn *c, const struct tether_http_request *req, const char **why);
+void affinity_release(struct conn *c);
+void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res);
+int affinity_set_cookie(const struct conn *c, char *buf, size_t cap);
 
 #endif

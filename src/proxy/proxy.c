@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "tether/lb.h"
+#include "tether/session.h"
 #include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
@@ -46,6 +47,20 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
         goto fail;
     free(nodes);
     nodes = NULL;
+    struct tether_session_limits lim = {
+        .max_sessions = cfg->session.max_sessions,
+        .max_state_bytes = cfg->session.max_state_bytes,
+        .idle_timeout_ms = cfg->session.idle_timeout_ms,
+        .max_lifetime_ms = cfg->session.max_lifetime_ms,
+        .provisional_timeout_ms = cfg->session.provisional_timeout_ms,
+    };
+    if (cfg->nbackends > TETHER_SESSION_MAX_BACKENDS) {
+        tether_log_error("at most %d backends", TETHER_SESSION_MAX_BACKENDS);
+        goto fail;
+    }
+    p->sessions = tether_session_table_new(&lim, 0);
+    if (!p->sessions)
+        goto fail;
 
     p->tls = calloc(cfg->nlistens, sizeof(*p->tls));
     if (!p->tls)
@@ -90,26 +105,16 @@ void tether_proxy_free(struct tether_proxy *p)
         tether_tls_server_free(p->tls[i]);
     free(p->tls);
     tether_ring_free(p->ring);
+    tether_session_table_free(p->sessions);
     free(p->backends);
     free(p->weights);
     free(p);
 }
 
-static int accept_up(void *ctx, uint32_t node)
-{
-    const struct tether_proxy *p = ctx;
-    return atomic_load(&p->backends[node].up);
-}
-
-/*
- * A request with a key goes where the ring says; one without goes to the
- * up backend with the fewest requests in flight for its weight.
- */
-int proxy_pick(struct tether_proxy_worker *w, bool has_key, uint64_t hash)
+/* A request without a key: the up backend with the fewest requests in flight for its weight. */
+int proxy_pick_least(struct tether_proxy_worker *w)
 {
     struct tether_proxy *p = w->proxy;
-    if (has_key)
-        return tether_ring_pick(p->ring, hash, accept_up, p);
     for (size_t i = 0; i < p->nbackends; i++) {
         w->scratch_inflight[i] = atomic_load(&p->backends[i].inflight);
         w->scratch_up[i] = (unsigned char)atomic_load(&p->backends[i].up);

@@ -76,9 +76,9 @@ static char *put(char *p, const char *s, size_t n)
 
 #define PUTS(p, lit) put((p), (lit), sizeof(lit) - 1)
 
-int rewrite_request(struct conn *c, const struct tether_http_request *req, const char *key,
-                    size_t key_len)
+int rewrite_request(struct conn *c, const struct tether_http_request *req)
 {
+    size_t key_len = c->has_key ? c->key_len : 0;
     const struct tether_http_header *h = req->headers;
     size_t nh = req->num_headers;
     size_t need = req->method_len + req->target_len + 64 + key_len + req->host_len * 2 + 256;
@@ -127,9 +127,12 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req, const
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (c->minor == 0)
         p = PUTS(p, "Connection: close\r\n");
-    if (key) {
+    if (c->has_key) {
         p = PUTS(p, "x-fc-session-id: ");
-        p = put(p, key, key_len);
+        p = put(p, c->key, key_len);
+        p = PUTS(p, "\r\nx-fc-session-epoch: ");
+        char num[16];
+        p = put(p, num, (size_t)snprintf(num, sizeof(num), "%u", c->epoch));
         p = PUTS(p, "\r\n");
     }
     p = PUTS(p, "X-Forwarded-For: ");
@@ -155,7 +158,7 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
 {
     const struct tether_http_header *h = res->headers;
     size_t nh = res->num_headers;
-    size_t need = res->reason_len + 96;
+    size_t need = res->reason_len + 96 + (c->minted ? 512 : 0);
     for (size_t i = 0; i < nh; i++)
         need += h[i].name_len + h[i].value_len + 4;
 
@@ -178,11 +181,16 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
         if (!(switching && ieq(n, nl, "upgrade")) &&
             (header_is_hop_by_hop(n, nl) || listed(tok, ntok, n, nl)))
             continue;
+        /* Meant for tether alone (DESIGN.md "State handoff"). */
+        if (ieq(n, nl, "x-fc-session-state") || ieq(n, nl, "x-fc-session-end"))
+            continue;
         p = put(p, n, nl);
         p = PUTS(p, ": ");
         p = put(p, h[i].value, h[i].value_len);
         p = PUTS(p, "\r\n");
     }
+    if (c->minted && res->status >= 200)
+        p += affinity_set_cookie(c, p, 512);
     if (switching)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (res->status >= 200) {

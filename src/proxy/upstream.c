@@ -263,6 +263,7 @@ static void read_head(struct upstream *u)
 
         c->status = res.status;
         c->t_first_byte = tether_now_us();
+        affinity_on_response(c, u->backend, &res);
         u->body = res.body;
         if (c->head_method || res.status == 204 || res.status == 304)
             u->body = TETHER_HTTP_BODY_NONE;

@@ -1,0 +1,168 @@
+/*
+ * tether session: the session table (key -> backend binding, DESIGN.md
+ * "Sessions and their state") and the parsing of session keys from
+ * requests. The table is sharded by key hash with one mutex per shard;
+ * placement of a new session (check-then-insert against the load bounds)
+ * runs under one placement mutex, so no bound or cap is overshot by a race
+ * between workers. Lock order: shard, then placement. Callers hold a key,
+ * never a record, across callbacks. Pure: no I/O, no logging.
+ */
+#ifndef TETHER_SESSION_H
+#define TETHER_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TETHER_SESSION_MAX_KEY 256
+/* Backend slots a table tracks loads for (backend indices are < this). */
+#define TETHER_SESSION_MAX_BACKENDS 4096
+
+struct tether_session_table;
+
+struct tether_session_limits {
+    uint64_t max_sessions;          /* live + provisional records; past it LRU idle ones go */
+    uint64_t max_state_bytes;       /* all state blobs together */
+    uint64_t idle_timeout_ms;
+    uint64_t max_lifetime_ms;
+    uint64_t provisional_timeout_ms;
+};
+
+/* A copy of a record's fields, filled under the shard lock. */
+struct tether_session_info {
+    uint32_t backend;
+    uint32_t epoch;                 /* starts at 1; +1 per move */
+    uint64_t created_ms;
+    uint64_t last_seen_ms;
+    uint64_t requests;
+    uint32_t inflight;              /* requests and tunnels open on it */
+    bool provisional;               /* minted, not yet seen back: no load */
+};
+
+struct tether_session_stats {
+    uint64_t live;
+    uint64_t provisional;
+    uint64_t created;
+    uint64_t expired;
+    uint64_t evicted;
+    uint64_t ended;
+    uint64_t state_bytes;           /* all stored blobs */
+    uint64_t state_refused;         /* blobs refused for the budget */
+};
+
+/*
+ * Placement, called under the placement lock with the key's hash.
+ * prefer is -1 for a new session; for a provisional session being
+ * confirmed it is its backend, which the callback returns when that
+ * backend may take one more live session (usable, under its hard cap; the
+ * bound does not apply to a session already placed), else it places anew.
+ * Returns a backend index, or -1 when every backend is at its hard cap (or
+ * none is up). The callback reads loads with tether_session_load(); it must
+ * not call back into the table otherwise.
+ */
+typedef int (*tether_session_place_fn)(void *ctx, uint64_t hash, int prefer);
+
+/* nshards: a power of two (0 = 64). Returns NULL on allocation failure. */
+struct tether_session_table *tether_session_table_new(const struct tether_session_limits *lim,
+                                                      size_t nshards);
+
+/* Frees every record; accepts NULL. No other thread may use the table. */
+void tether_session_table_free(struct tether_session_table *t);
+
+/* Live (non-provisional) sessions bound to backend b. Lock-free read. */
+uint32_t tether_session_load(const struct tether_session_table *t, uint32_t b);
+
+#define TETHER_SESSION_PROVISIONAL 0x1 /* create as provisional (a minted key) */
+#define TETHER_SESSION_CONFIRM 0x2     /* the key came back from the client: a
+                                          provisional record becomes live */
+
+enum {
+    TETHER_SESSION_FOUND = 0,
+    TETHER_SESSION_CREATED = 1,
+    TETHER_SESSION_FULL = -1,       /* a miss and place() found no backend */
+    TETHER_SESSION_ENOMEM = -2,
+};
+
+/*
+ * Start a request on the session of key (len 1..256, hash its ring hash):
+ * a hit counts one more request and one more in flight; a miss asks
+ * place() for a backend and inserts a record (live unless flags has
+ * PROVISIONAL), with one in flight. A hit on a record past its idle or
+ * lifetime (and idle) is treated as a miss. Every successful call must be
+ * matched by tether_session_release(). Fills *out on success.
+ * Returns FOUND, CREATED, FULL or ENOMEM. Locks: the key's shard, and the
+ * placement lock on a miss.
+ */
+int tether_session_acquire(struct tether_session_table *t, const char *key, size_t len,
+                           uint64_t hash, uint64_t now_ms, unsigned flags,
+                           tether_session_place_fn place, void *ctx,
+                           struct tether_session_info *out);
+
+/* A request of key ended: one fewer in flight, last_seen = now. Lock: shard. */
+void tether_session_release(struct tether_session_table *t, const char *key, size_t len,
+                            uint64_t hash, uint64_t now_ms);
+
+/*
+ * Learning: bind key to backend b as a live session when the key is not
+ * bound, or is bound to b already (then it is only touched; a provisional
+ * record becomes live). Returns 0, -EEXIST when bound to another backend
+ * (one backend never captures another's session), -ENOMEM.
+ * Lock: shard (and the placement lock to count the load).
+ */
+int tether_session_bind(struct tether_session_table *t, const char *key, size_t len,
+                        uint64_t hash, uint32_t b, uint64_t now_ms);
+
+/*
+ * End the session of key if it is still at (b, epoch) (fencing: a late
+ * answer from an old home changes nothing). Returns 0, -ENOENT, -ESTALE.
+ * Lock: shard.
+ */
+int tether_session_end(struct tether_session_table *t, const char *key, size_t len,
+                       uint64_t hash, uint32_t b, uint32_t epoch);
+
+/*
+ * Store the handoff state blob of key (copied), if the session is still at
+ * (b, epoch). A blob that would take all blobs past max_state_bytes is
+ * refused. Returns 0, -ENOENT, -ESTALE, -ENOSPC, -ENOMEM. Lock: shard.
+ */
+int tether_session_set_state(struct tether_session_table *t, const char *key, size_t len,
+                             uint64_t hash, uint32_t b, uint32_t epoch, const void *blob,
+                             size_t blob_len);
+
+/* Read one session. Returns 0 and fills *out, or -ENOENT. Lock: shard. */
+int tether_session_get(struct tether_session_table *t, const char *key, size_t len,
+                       uint64_t hash, struct tether_session_info *out);
+
+/*
+ * Expire what is due in shards [from, to): idle past idle_timeout (or
+ * provisional past provisional_timeout) with nothing in flight, or older
+ * than max_lifetime with nothing in flight. Work is proportional to what
+ * expires: the shard lists are in last-use and creation order. Returns the
+ * number expired. Lock: each shard in turn.
+ */
+size_t tether_session_expire(struct tether_session_table *t, size_t from, size_t to,
+                             uint64_t now_ms);
+
+size_t tether_session_shards(const struct tether_session_table *t);
+
+/* Counters, summed over shards. Lock: each shard in turn. */
+void tether_session_stats(struct tether_session_table *t, struct tether_session_stats *out);
+
+/*
+ * Keys in requests.
+ * tether_session_key_valid: 1 when s[0..len) is a usable key: 1..256
+ * bytes of printable ASCII (0x21..0x7e).
+ */
+int tether_session_key_valid(const char *s, size_t len);
+
+/*
+ * Find cookie `name` in one Cookie header value (RFC 6265 5.4 / 4.2.1:
+ * "a=b; c=d", OWS tolerated around ';' and '=', a DQUOTE-wrapped value is
+ * unwrapped). Sets *val and *vlen to a view into value. Returns 1 found, 0 not
+ * found, -1 when the header is malformed badly enough that no pair can be
+ * trusted (a pair without '='), or the cookie appears twice in it.
+ */
+int tether_session_cookie_find(const char *value, size_t len, const char *name, size_t name_len,
+                               const char **val, size_t *vlen);
+
+#endif

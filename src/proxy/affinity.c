@@ -1,0 +1,270 @@
+/*
+ * Session affinity on the data path (DESIGN.md steps 3 and 4): find the
+ * request's key in session.sources order, bind it through the session
+ * table (placing new sessions by the bounded-load pick), mint a key when
+ * asked, and apply what a response says about its session: a learned key,
+ * a session end, a state blob. Response effects are fenced by the
+ * (backend, epoch) the request was sent with.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "tether/lb.h"
+#include "tether/session.h"
+#include "tether/util.h"
+#include "proxy-int.h"
+
+static int ieq(const char *a, size_t an, const char *lit)
+{
+    return tether_strieq(a, an, lit, strlen(lit));
+}
+
+/*
+ * The one value of header `name`. Returns 1 and sets *v and *vl, 0 when absent,
+ * -1 when it appears more than once (which of two keys is meant is
+ * ambiguous, so the request is refused).
+ */
+static int header_value(const struct tether_http_header *h, size_t nh, const char *name,
+                        const char **v, size_t *vl)
+{
+    int found = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (!ieq(h[i].name, h[i].name_len, name))
+            continue;
+        if (found)
+            return -1;
+        found = 1;
+        *v = h[i].value;
+        *vl = h[i].value_len;
+    }
+    return found;
+}
+
+static int cookie_value(const struct tether_config *cfg, const struct tether_http_header *h,
+                        size_t nh, const char **v, size_t *vl)
+{
+    const char *name = cfg->session.cookie;
+    size_t nlen = strlen(name);
+    int found = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (!ieq(h[i].name, h[i].name_len, "cookie"))
+            continue;
+        const char *cv;
+        size_t cl;
+        int r = tether_session_cookie_find(h[i].value, h[i].value_len, name, nlen, &cv, &cl);
+        if (r < 0 || (r > 0 && found))
+            return -1;
+        if (r > 0) {
+            found = 1;
+            *v = cv;
+            *vl = cl;
+        }
+    }
+    return found;
+}
+
+/*
+ * The request's key, from the first source in session.sources that has
+ * one. Returns 1 (key set), 0 (no key), -1 (a malformed or ambiguous key).
+ */
+static int find_key(const struct tether_config *cfg, const struct tether_http_request *req,
+                    const char **key, size_t *len, enum tether_session_source *from)
+{
+    const struct tether_config_session *s = &cfg->session;
+    for (size_t i = 0; i < s->nsources; i++) {
+        int r = 0;
+        switch (s->sources[i]) {
+        case TETHER_SOURCE_LEARN:
+            if (s->learn_header[0])
+                r = header_value(req->headers, req->num_headers, s->learn_header, key, len);
+            break;
+        case TETHER_SOURCE_HEADER:
+            r = header_value(req->headers, req->num_headers, s->header, key, len);
+            break;
+        case TETHER_SOURCE_COOKIE:
+            r = cookie_value(cfg, req->headers, req->num_headers, key, len);
+            break;
+        }
+        if (r < 0)
+            return -1;
+        if (r > 0) {
+            *from = s->sources[i];
+            return tether_session_key_valid(*key, *len) ? 1 : -1;
+        }
+    }
+    return 0;
+}
+
+/* Candidates for the bounded-load pick, in the calling worker's scratch. */
+static void candidates(struct tether_proxy_worker *w)
+{
+    struct tether_proxy *p = w->proxy;
+    for (size_t i = 0; i < p->nbackends; i++) {
+        struct tether_lb_candidate *cd = &w->cands[i];
+        cd->load = tether_session_load(p->sessions, (uint32_t)i);
+        cd->weight = p->backends[i].weight;
+        cd->cap = w->cfg->backends[i].max_sessions;
+        cd->usable = (unsigned char)atomic_load(&p->backends[i].up);
+    }
+}
+
+/* tether_session_place_fn: runs under the table's placement lock. */
+static int place(void *ctx, uint64_t hash, int prefer)
+{
+    struct tether_proxy_worker *w = ctx;
+    candidates(w);
+    if (prefer >= 0) {
+        const struct tether_lb_candidate *cd = &w->cands[prefer];
+        if (cd->usable && (cd->cap == 0 || cd->load < cd->cap))
+            return prefer;
+    }
+    return tether_lb_bounded_pick(w->proxy->ring, hash, w->cands, w->proxy->nbackends,
+                                  w->cfg->balance.load_factor);
+}
+
+static void mint(struct conn *c)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        abort(); /* no randomness: a guessable key would be a security hole */
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        c->key[2 * i] = hex[raw[i] >> 4];
+        c->key[2 * i + 1] = hex[raw[i] & 15];
+    }
+    c->key_len = 2 * sizeof(raw);
+}
+
+int affinity_route(struct conn *c, const struct tether_http_request *req, const char **why)
+{
+    struct tether_proxy_worker *w = c->w;
+    struct tether_proxy *p = w->proxy;
+    const struct tether_config *cfg = w->cfg;
+    const char *key;
+    size_t len;
+
+    enum tether_session_source from = TETHER_SOURCE_HEADER;
+    c->session = c->minted = c->delete_learned = false;
+    c->epoch = 0;
+    c->has_key = false;
+    int k = find_key(cfg, req, &key, &len, &from);
+    if (k < 0) {
+        *why = "invalid session key";
+        return -400;
+    }
+    unsigned flags = 0;
+    if (k > 0) {
+        memcpy(c->key, key, len);
+        c->key_len = len;
+        c->delete_learned = from == TETHER_SOURCE_LEARN && req->method_len == 6 &&
+                            memcmp(req->method, "DELETE", 6) == 0;
+        /* The key came back from the client: a minted session is now real. */
+        flags = TETHER_SESSION_CONFIRM;
+    } else if (cfg->session.insert_cookie) {
+        mint(c);
+        c->minted = true;
+        flags = TETHER_SESSION_PROVISIONAL;
+    } else if (cfg->session.learn_header[0]) {
+        /* The response may name the session: place it like a new one. */
+        uint64_t h;
+        RAND_bytes((unsigned char *)&h, sizeof(h));
+        int b = place(w, h, -1);
+        if (b < 0)
+            *why = "every backend is at capacity";
+        return b < 0 ? -503 : b;
+    } else {
+        int b = proxy_pick_least(w);
+        if (b < 0)
+            *why = "no backend available";
+        return b < 0 ? -503 : b;
+    }
+
+    c->has_key = true;
+    c->key_hash = tether_ring_hash(c->key, c->key_len);
+    struct tether_session_info info;
+    int rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash,
+                                    tether_now_ms(), flags, place, w, &info);
+    if (rc == TETHER_SESSION_FULL) {
+        *why = "every backend is at capacity";
+        return -503;
+    }
+    if (rc < 0) {
+        *why = "session table full";
+        return -503;
+    }
+    c->session = true;
+    c->epoch = info.epoch;
+    return (int)info.backend;
+}
+
+void affinity_release(struct conn *c)
+{
+    if (!c->session)
+        return;
+    c->session = false;
+    tether_session_release(c->w->proxy->sessions, c->key, c->key_len, c->key_hash,
+                           tether_now_ms());
+}
+
+void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res)
+{
+    struct tether_proxy *p = c->w->proxy;
+    const struct tether_config *cfg = c->w->cfg;
+    const char *learn = cfg->session.learn_header;
+    const struct tether_http_header *h = res->headers;
+    const char *state = NULL;
+    size_t state_len = 0;
+    bool end = false;
+
+    for (size_t i = 0; i < res->num_headers; i++) {
+        const char *n = h[i].name;
+        size_t nl = h[i].name_len;
+        if (ieq(n, nl, "x-fc-session-end")) {
+            end = end || (h[i].value_len == 1 && h[i].value[0] == '1');
+        } else if (ieq(n, nl, "x-fc-session-state")) {
+            state = h[i].value;
+            state_len = h[i].value_len;
+        } else if (learn[0] && ieq(n, nl, learn) && res->status < 300 &&
+                   tether_session_key_valid(h[i].value, h[i].value_len)) {
+            uint64_t hash = tether_ring_hash(h[i].value, h[i].value_len);
+            if (tether_session_bind(p->sessions, h[i].value, h[i].value_len, hash,
+                                    (uint32_t)backend, tether_now_ms()) == 0 &&
+                c->minted) {
+                /* The server named the session: that key binds, not ours. */
+                tether_session_end(p->sessions, c->key, c->key_len, c->key_hash,
+                                   (uint32_t)backend, c->epoch);
+                c->minted = false;
+            }
+        }
+    }
+    if (!c->has_key)
+        return;
+    if (c->delete_learned && ((res->status >= 200 && res->status < 300) || res->status == 404))
+        end = true;
+    if (end) {
+        tether_session_end(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
+                           c->epoch);
+        c->minted = false;
+        return;
+    }
+    if (state) {
+        if (state_len > cfg->session.state_max_bytes)
+            atomic_fetch_add(&p->state_dropped, 1);
+        else
+            tether_session_set_state(p->sessions, c->key, c->key_len, c->key_hash,
+                                     (uint32_t)backend, c->epoch, state, state_len);
+    }
+}
+
+int affinity_set_cookie(const struct conn *c, char *buf, size_t cap)
+{
+    const struct tether_config *cfg = c->w->cfg;
+    int n = snprintf(buf, cap, "Set-Cookie: %s=%.*s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax%s\r\n",
+                     cfg->session.cookie, (int)c->key_len, c->key,
+                     (unsigned long long)(cfg->session.max_lifetime_ms / 1000),
+                     c->tls ? "; Secure" : "");
+    return n > 0 && (size_t)n < cap ? n : 0;
+}

@@ -1,0 +1,584 @@
+/*
+ * The session table: key -> backend, sharded by key hash. Each shard has a
+ * mutex, a chained hash, and three intrusive lists: by last use (live and
+ * provisional apart, for idle expiry and LRU eviction), by creation (for
+ * max_lifetime) and by backend (so moving a backend's sessions costs time
+ * in proportion to their number). Loads per backend are atomics written
+ * under the placement mutex, so check-then-insert never overshoots.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "tether/session.h"
+
+struct rec {
+    struct rec *hnext;           /* hash chain */
+    TAILQ_ENTRY(rec) use;        /* shard->live or shard->prov, oldest use first */
+    TAILQ_ENTRY(rec) age;        /* shard->age, oldest first */
+    TAILQ_ENTRY(rec) by_backend; /* shard->backends[backend] */
+    uint64_t hash;
+    uint64_t created_ms;
+    uint64_t last_seen_ms;
+    uint64_t requests;
+    void *state;                 /* the handoff blob, owned */
+    uint32_t state_len;
+    uint32_t backend;
+    uint32_t epoch;
+    uint32_t inflight;
+    uint16_t keylen;
+    uint8_t provisional;
+    char key[];
+};
+
+TAILQ_HEAD(rec_list, rec);
+
+/* Everything in a shard is guarded by its lock. */
+struct shard {
+    pthread_mutex_t lock;
+    struct rec **buckets;
+    size_t nbuckets;             /* power of two */
+    size_t count;
+    struct rec_list live;
+    struct rec_list prov;
+    struct rec_list age;
+    struct rec_list *backends;   /* indexed by backend, grown on demand */
+    size_t nbackends;
+    struct tether_session_stats stats;
+} __attribute__((aligned(64)));
+
+struct tether_session_table {
+    struct tether_session_limits lim;
+    struct shard *shards;
+    size_t nshards;
+    pthread_mutex_t place_lock;  /* guards placement decisions and load increments */
+    _Atomic uint64_t count;      /* records in all shards */
+    _Atomic uint64_t state_bytes; /* all blobs together */
+    _Atomic uint64_t state_refused;
+    _Atomic uint32_t loads[TETHER_SESSION_MAX_BACKENDS];
+};
+
+#define MAX_EXPIRE_PER_SHARD 4096
+
+static struct shard *shard_of(struct tether_session_table *t, uint64_t hash)
+{
+    return &t->shards[(hash >> 40) & (t->nshards - 1)];
+}
+
+struct tether_session_table *tether_session_table_new(const struct tether_session_limits *lim,
+                                                      size_t nshards)
+{
+    if (nshards == 0)
+        nshards = 64;
+    if (nshards & (nshards - 1))
+        return NULL;
+    struct tether_session_table *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->lim = *lim;
+    t->nshards = nshards;
+    t->shards = aligned_alloc(64, nshards * sizeof(*t->shards));
+    if (!t->shards) {
+        free(t);
+        return NULL;
+    }
+    memset(t->shards, 0, nshards * sizeof(*t->shards));
+    pthread_mutex_init(&t->place_lock, NULL);
+    for (size_t i = 0; i < nshards; i++) {
+        struct shard *sh = &t->shards[i];
+        pthread_mutex_init(&sh->lock, NULL);
+        TAILQ_INIT(&sh->live);
+        TAILQ_INIT(&sh->prov);
+        TAILQ_INIT(&sh->age);
+    }
+    return t;
+}
+
+void tether_session_table_free(struct tether_session_table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->nshards; i++) {
+        struct shard *sh = &t->shards[i];
+        for (size_t b = 0; b < sh->nbuckets; b++) {
+            struct rec *r = sh->buckets[b];
+            while (r) {
+                struct rec *next = r->hnext;
+                free(r->state);
+                free(r);
+                r = next;
+            }
+        }
+        free(sh->buckets);
+        free(sh->backends);
+        pthread_mutex_destroy(&sh->lock);
+    }
+    pthread_mutex_destroy(&t->place_lock);
+    free(t->shards);
+    free(t);
+}
+
+uint32_t tether_session_load(const struct tether_session_table *t, uint32_t b)
+{
+    return b < TETHER_SESSION_MAX_BACKENDS ? atomic_load_explicit(&t->loads[b],
+                                                                  memory_order_relaxed)
+                                           : 0;
+}
+
+size_t tether_session_shards(const struct tether_session_table *t)
+{
+    return t->nshards;
+}
+
+static struct rec *find(struct shard *sh, const char *key, size_t len, uint64_t hash)
+{
+    if (!sh->nbuckets)
+        return NULL;
+    for (struct rec *r = sh->buckets[hash & (sh->nbuckets - 1)]; r; r = r->hnext)
+        if (r->hash == hash && r->keylen == len && memcmp(r->key, key, len) == 0)
+            return r;
+    return NULL;
+}
+
+/* Double the buckets when the chains would pass one record on average. */
+static int grow(struct shard *sh)
+{
+    size_t n = sh->nbuckets ? sh->nbuckets * 2 : 64;
+    struct rec **nb = calloc(n, sizeof(*nb));
+    if (!nb)
+        return -ENOMEM;
+    for (size_t i = 0; i < sh->nbuckets; i++) {
+        struct rec *r = sh->buckets[i];
+        while (r) {
+            struct rec *next = r->hnext;
+            size_t j = r->hash & (n - 1);
+            r->hnext = nb[j];
+            nb[j] = r;
+            r = next;
+        }
+    }
+    free(sh->buckets);
+    sh->buckets = nb;
+    sh->nbuckets = n;
+    return 0;
+}
+
+static struct rec_list *backend_list(struct shard *sh, uint32_t b)
+{
+    if (b >= sh->nbackends) {
+        size_t n = sh->nbackends ? sh->nbackends : 8;
+        while (n <= b)
+            n *= 2;
+        struct rec_list *nl = malloc(n * sizeof(*nl));
+        if (!nl)
+            return NULL;
+        /* TAILQ heads hold a pointer to their last element's next field:
+           rebuild each list into the new array rather than copying heads. */
+        for (size_t i = 0; i < n; i++)
+            TAILQ_INIT(&nl[i]);
+        for (size_t i = 0; i < sh->nbackends; i++) {
+            struct rec *r;
+            while ((r = TAILQ_FIRST(&sh->backends[i]))) {
+                TAILQ_REMOVE(&sh->backends[i], r, by_backend);
+                TAILQ_INSERT_TAIL(&nl[i], r, by_backend);
+            }
+        }
+        free(sh->backends);
+        sh->backends = nl;
+        sh->nbackends = n;
+    }
+    return &sh->backends[b];
+}
+
+static void unlink_rec(struct tether_session_table *t, struct shard *sh, struct rec *r)
+{
+    struct rec **pp = &sh->buckets[r->hash & (sh->nbuckets - 1)];
+    while (*pp != r)
+        pp = &(*pp)->hnext;
+    *pp = r->hnext;
+    TAILQ_REMOVE(r->provisional ? &sh->prov : &sh->live, r, use);
+    TAILQ_REMOVE(&sh->age, r, age);
+    TAILQ_REMOVE(&sh->backends[r->backend], r, by_backend);
+    if (r->provisional) {
+        sh->stats.provisional--;
+    } else {
+        sh->stats.live--;
+        atomic_fetch_sub(&t->loads[r->backend], 1);
+    }
+    sh->count--;
+    atomic_fetch_sub(&t->count, 1);
+    atomic_fetch_sub(&t->state_bytes, r->state_len);
+    free(r->state);
+    free(r);
+}
+
+/* Make room under the table budget: the least recently used idle record of
+   this shard goes, provisional ones first. Returns 0 or -ENOSPC. */
+static int evict_one(struct tether_session_table *t, struct shard *sh)
+{
+    struct rec_list *lists[2] = {&sh->prov, &sh->live};
+    for (size_t i = 0; i < 2; i++) {
+        struct rec *r;
+        TAILQ_FOREACH(r, lists[i], use)
+        {
+            if (r->inflight == 0) {
+                unlink_rec(t, sh, r);
+                sh->stats.evicted++;
+                return 0;
+            }
+        }
+    }
+    return -ENOSPC;
+}
+
+static bool due(const struct tether_session_table *t, const struct rec *r, uint64_t now)
+{
+    uint64_t idle = r->provisional ? t->lim.provisional_timeout_ms : t->lim.idle_timeout_ms;
+    return r->last_seen_ms + idle <= now || r->created_ms + t->lim.max_lifetime_ms <= now;
+}
+
+static void touch(struct shard *sh, struct rec *r, uint64_t now)
+{
+    r->last_seen_ms = now;
+    struct rec_list *l = r->provisional ? &sh->prov : &sh->live;
+    if (TAILQ_NEXT(r, use)) {
+        TAILQ_REMOVE(l, r, use);
+        TAILQ_INSERT_TAIL(l, r, use);
+    }
+}
+
+static void fill(const struct rec *r, struct tether_session_info *out)
+{
+    if (!out)
+        return;
+    out->backend = r->backend;
+    out->epoch = r->epoch;
+    out->created_ms = r->created_ms;
+    out->last_seen_ms = r->last_seen_ms;
+    out->requests = r->requests;
+    out->inflight = r->inflight;
+    out->provisional = r->provisional;
+}
+
+/* Insert a new record; the caller holds the shard lock and has counted its load. */
+static struct rec *insert(struct tether_session_table *t, struct shard *sh, const char *key,
+                          size_t len, uint64_t hash, uint32_t b, bool provisional, uint64_t now)
+{
+    struct rec_list *bl = backend_list(sh, b);
+    if (!bl || (sh->count >= sh->nbuckets && grow(sh) < 0))
+        return NULL;
+    struct rec *r = calloc(1, sizeof(*r) + len);
+    if (!r)
+        return NULL;
+    memcpy(r->key, key, len);
+    r->keylen = (uint16_t)len;
+    r->hash = hash;
+    r->backend = b;
+    r->epoch = 1;
+    r->created_ms = r->last_seen_ms = now;
+    r->provisional = provisional;
+    size_t i = hash & (sh->nbuckets - 1);
+    r->hnext = sh->buckets[i];
+    sh->buckets[i] = r;
+    TAILQ_INSERT_TAIL(provisional ? &sh->prov : &sh->live, r, use);
+    TAILQ_INSERT_TAIL(&sh->age, r, age);
+    TAILQ_INSERT_TAIL(bl, r, by_backend);
+    sh->count++;
+    atomic_fetch_add(&t->count, 1);
+    sh->stats.created++;
+    if (provisional)
+        sh->stats.provisional++;
+    else
+        sh->stats.live++;
+    return r;
+}
+
+/* A provisional record becomes live on backend b (its own or a new one). */
+static int make_live(struct shard *sh, struct rec *r, uint32_t b)
+{
+    if (b != r->backend) {
+        struct rec_list *bl = backend_list(sh, b);
+        if (!bl)
+            return -ENOMEM;
+        TAILQ_REMOVE(&sh->backends[r->backend], r, by_backend);
+        TAILQ_INSERT_TAIL(bl, r, by_backend);
+        r->backend = b;
+        r->epoch++;
+    }
+    TAILQ_REMOVE(&sh->prov, r, use);
+    TAILQ_INSERT_TAIL(&sh->live, r, use);
+    r->provisional = 0;
+    sh->stats.provisional--;
+    sh->stats.live++;
+    return 0;
+}
+
+int tether_session_acquire(struct tether_session_table *t, const char *key, size_t len,
+                           uint64_t hash, uint64_t now_ms, unsigned flags,
+                           tether_session_place_fn place, void *ctx,
+                           struct tether_session_info *out)
+{
+    struct shard *sh = shard_of(t, hash);
+    int rc;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r && r->inflight == 0 && due(t, r, now_ms)) {
+        unlink_rec(t, sh, r);
+        sh->stats.expired++;
+        r = NULL;
+    }
+    if (r) {
+        if (r->provisional && (flags & TETHER_SESSION_CONFIRM)) {
+            pthread_mutex_lock(&t->place_lock);
+            int b = place(ctx, hash, (int)r->backend);
+            if (b < 0 || b >= TETHER_SESSION_MAX_BACKENDS || make_live(sh, r, (uint32_t)b) < 0) {
+                pthread_mutex_unlock(&t->place_lock);
+                rc = b < 0 ? TETHER_SESSION_FULL : TETHER_SESSION_ENOMEM;
+                goto out;
+            }
+            atomic_fetch_add(&t->loads[b], 1);
+            pthread_mutex_unlock(&t->place_lock);
+        }
+        r->requests++;
+        r->inflight++;
+        touch(sh, r, now_ms);
+        fill(r, out);
+        rc = TETHER_SESSION_FOUND;
+        goto out;
+    }
+
+    bool provisional = flags & TETHER_SESSION_PROVISIONAL;
+    pthread_mutex_lock(&t->place_lock);
+    int b = place(ctx, hash, -1);
+    if (b < 0 || b >= TETHER_SESSION_MAX_BACKENDS) {
+        pthread_mutex_unlock(&t->place_lock);
+        rc = TETHER_SESSION_FULL;
+        goto out;
+    }
+    /* Only a session that has a home makes room: a refusal evicts nothing. */
+    if (atomic_load(&t->count) >= t->lim.max_sessions && evict_one(t, sh) < 0) {
+        pthread_mutex_unlock(&t->place_lock);
+        rc = TETHER_SESSION_ENOMEM;
+        goto out;
+    }
+    r = insert(t, sh, key, len, hash, (uint32_t)b, provisional, now_ms);
+    if (r && !provisional)
+        atomic_fetch_add(&t->loads[b], 1);
+    pthread_mutex_unlock(&t->place_lock);
+    if (!r) {
+        rc = TETHER_SESSION_ENOMEM;
+        goto out;
+    }
+    r->requests = 1;
+    r->inflight = 1;
+    fill(r, out);
+    rc = TETHER_SESSION_CREATED;
+out:
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+void tether_session_release(struct tether_session_table *t, const char *key, size_t len,
+                            uint64_t hash, uint64_t now_ms)
+{
+    struct shard *sh = shard_of(t, hash);
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r) {
+        if (r->inflight)
+            r->inflight--;
+        /* Past its lifetime while busy: it goes with its last request. */
+        if (r->inflight == 0 && r->created_ms + t->lim.max_lifetime_ms <= now_ms) {
+            unlink_rec(t, sh, r);
+            sh->stats.expired++;
+        } else {
+            touch(sh, r, now_ms);
+        }
+    }
+    pthread_mutex_unlock(&sh->lock);
+}
+
+int tether_session_bind(struct tether_session_table *t, const char *key, size_t len,
+                        uint64_t hash, uint32_t b, uint64_t now_ms)
+{
+    if (b >= TETHER_SESSION_MAX_BACKENDS)
+        return -EINVAL;
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r && r->inflight == 0 && due(t, r, now_ms)) {
+        unlink_rec(t, sh, r);
+        sh->stats.expired++;
+        r = NULL;
+    }
+    if (r) {
+        if (r->backend != b) {
+            rc = -EEXIST;
+        } else {
+            if (r->provisional) {
+                pthread_mutex_lock(&t->place_lock);
+                rc = make_live(sh, r, b);
+                if (rc == 0)
+                    atomic_fetch_add(&t->loads[b], 1);
+                pthread_mutex_unlock(&t->place_lock);
+            }
+            touch(sh, r, now_ms);
+        }
+        goto out;
+    }
+    if (atomic_load(&t->count) >= t->lim.max_sessions && evict_one(t, sh) < 0) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    /* The backend named the session itself: it is its own to take, so the
+       placement bound does not apply, only the count. */
+    pthread_mutex_lock(&t->place_lock);
+    r = insert(t, sh, key, len, hash, b, false, now_ms);
+    if (r)
+        atomic_fetch_add(&t->loads[b], 1);
+    pthread_mutex_unlock(&t->place_lock);
+    rc = r ? 0 : -ENOMEM;
+out:
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_end(struct tether_session_table *t, const char *key, size_t len,
+                       uint64_t hash, uint32_t b, uint32_t epoch)
+{
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (!r) {
+        rc = -ENOENT;
+    } else if (r->backend != b || r->epoch != epoch) {
+        rc = -ESTALE;
+    } else {
+        unlink_rec(t, sh, r);
+        sh->stats.ended++;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_set_state(struct tether_session_table *t, const char *key, size_t len,
+                             uint64_t hash, uint32_t b, uint32_t epoch, const void *blob,
+                             size_t blob_len)
+{
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (!r) {
+        rc = -ENOENT;
+    } else if (r->backend != b || r->epoch != epoch) {
+        rc = -ESTALE;
+    } else if (atomic_load(&t->state_bytes) - r->state_len + blob_len > t->lim.max_state_bytes) {
+        atomic_fetch_add(&t->state_refused, 1);
+        rc = -ENOSPC;
+    } else {
+        void *copy = blob_len ? malloc(blob_len) : NULL;
+        if (blob_len && !copy) {
+            rc = -ENOMEM;
+        } else {
+            if (blob_len)
+                memcpy(copy, blob, blob_len);
+            atomic_fetch_sub(&t->state_bytes, r->state_len);
+            atomic_fetch_add(&t->state_bytes, blob_len);
+            free(r->state);
+            r->state = copy;
+            r->state_len = (uint32_t)blob_len;
+        }
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_get(struct tether_session_table *t, const char *key, size_t len,
+                       uint64_t hash, struct tether_session_info *out)
+{
+    struct shard *sh = shard_of(t, hash);
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r)
+        fill(r, out);
+    pthread_mutex_unlock(&sh->lock);
+    return r ? 0 : -ENOENT;
+}
+
+/* Expire from the head of one list while its records are due. */
+static size_t sweep_use(struct tether_session_table *t, struct shard *sh, struct rec_list *l,
+                        uint64_t timeout, uint64_t now, size_t budget)
+{
+    size_t n = 0, busy = 0;
+    struct rec *r;
+    while (n < budget && busy < sh->count && (r = TAILQ_FIRST(l)) &&
+           r->last_seen_ms + timeout <= now) {
+        if (r->inflight) {
+            /* In use: not idle. Its release touches it again anyway. */
+            TAILQ_REMOVE(l, r, use);
+            TAILQ_INSERT_TAIL(l, r, use);
+            r->last_seen_ms = now;
+            busy++;
+            continue;
+        }
+        unlink_rec(t, sh, r);
+        n++;
+    }
+    return n;
+}
+
+size_t tether_session_expire(struct tether_session_table *t, size_t from, size_t to,
+                             uint64_t now_ms)
+{
+    size_t total = 0;
+    if (to > t->nshards)
+        to = t->nshards;
+    for (size_t i = from; i < to; i++) {
+        struct shard *sh = &t->shards[i];
+        size_t n = 0;
+        pthread_mutex_lock(&sh->lock);
+        n += sweep_use(t, sh, &sh->prov, t->lim.provisional_timeout_ms, now_ms,
+                       MAX_EXPIRE_PER_SHARD);
+        n += sweep_use(t, sh, &sh->live, t->lim.idle_timeout_ms, now_ms,
+                       MAX_EXPIRE_PER_SHARD - n);
+        /* Creation order never changes: step over busy records (their
+           release removes them) and stop at the first that is not due. */
+        struct rec *r = TAILQ_FIRST(&sh->age);
+        while (n < MAX_EXPIRE_PER_SHARD && r && r->created_ms + t->lim.max_lifetime_ms <= now_ms) {
+            struct rec *next = TAILQ_NEXT(r, age);
+            if (r->inflight == 0) {
+                unlink_rec(t, sh, r);
+                n++;
+            }
+            r = next;
+        }
+        sh->stats.expired += n;
+        pthread_mutex_unlock(&sh->lock);
+        total += n;
+    }
+    return total;
+}
+
+void tether_session_stats(struct tether_session_table *t, struct tether_session_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < t->nshards; i++) {
+        struct shard *sh = &t->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        out->live += sh->stats.live;
+        out->provisional += sh->stats.provisional;
+        out->created += sh->stats.created;
+        out->expired += sh->stats.expired;
+        out->evicted += sh->stats.evicted;
+        out->ended += sh->stats.ended;
+        pthread_mutex_unlock(&sh->lock);
+    }
+    out->state_bytes = atomic_load(&t->state_bytes);
+    out->state_refused = atomic_load(&t->state_refused);
+}
