@@ -72,6 +72,9 @@ void tether_session_table_free(struct tether_session_table *t);
 /* Live (non-provisional) sessions bound to backend b. Lock-free read. */
 uint32_t tether_session_load(const struct tether_session_table *t, uint32_t b);
 
+/* The loads of backends [0, n) into out[]: one call for a whole placement. */
+void tether_session_loads(const struct tether_session_table *t, uint32_t *out, size_t n);
+
 #define TETHER_SESSION_PROVISIONAL 0x1 /* create as provisional (a minted key) */
 #define TETHER_SESSION_CONFIRM 0x2     /* the key came back from the client: a
                                           provisional record becomes live */

@@ -102,9 +102,10 @@ static int find_key(const struct tether_config *cfg, const struct tether_http_re
 static void candidates(struct tether_proxy_worker *w)
 {
     struct tether_proxy *p = w->proxy;
+    tether_session_loads(p->sessions, w->scratch_inflight, p->nbackends);
     for (size_t i = 0; i < p->nbackends; i++) {
         struct tether_lb_candidate *cd = &w->cands[i];
-        cd->load = tether_session_load(p->sessions, (uint32_t)i);
+        cd->load = w->scratch_inflight[i];
         cd->weight = p->backends[i].weight;
         cd->cap = w->cfg->backends[i].max_sessions;
         cd->usable = (unsigned char)atomic_load(&p->backends[i].up);

@@ -128,6 +128,14 @@ uint32_t tether_session_load(const struct tether_session_table *t, uint32_t b)
                                            : 0;
 }
 
+void tether_session_loads(const struct tether_session_table *t, uint32_t *out, size_t n)
+{
+    if (n > TETHER_SESSION_MAX_BACKENDS)
+        n = TETHER_SESSION_MAX_BACKENDS;
+    for (size_t i = 0; i < n; i++)
+        out[i] = atomic_load_explicit(&t->loads[i], memory_order_relaxed);
+}
+
 size_t tether_session_shards(const struct tether_session_table *t)
 {
     return t->nshards;
