@@ -44,6 +44,24 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(d->base, NULL);
 }
 
+static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
+{
+    if (tether_tls_tickets_rotate() < 0)
+        tether_log_error("session ticket key rotation failed; the current key stays");
+}
+
+/* The shortest ticket_rotation of the TLS listeners, 0 when there is none. */
+static uint64_t ticket_rotation_ms(const struct tether_config *cfg)
+{
+    uint64_t ms = 0;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        const struct tether_config_listen_tls *t = cfg->listens[i].tls;
+        if (t && (ms == 0 || t->ticket_rotation_ms < ms))
+            ms = t->ticket_rotation_ms;
+    }
+    return ms;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     tether_log_warn("SIGHUP: configuration reload is not available in this version; "
@@ -131,6 +149,15 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < 3; i++)
         if (sigs[i])
             evsignal_add(sigs[i], NULL);
+    struct event *rotation = NULL;
+    uint64_t rot = ticket_rotation_ms(cfg);
+    if (rot) {
+        struct timeval tv = {.tv_sec = (time_t)(rot / 1000),
+                             .tv_usec = (suseconds_t)(rot % 1000) * 1000};
+        rotation = event_new(d.base, -1, EV_PERSIST, on_ticket_rotation, NULL);
+        if (rotation)
+            event_add(rotation, &tv);
+    }
     int err = tether_net_start(d.net);
     if (err < 0) {
         tether_log_error("cannot start workers: %s", strerror(-err));
@@ -149,6 +176,8 @@ int main(int argc, char **argv)
     tether_log_info("stopped");
     rc = 0;
 out_sigs:
+    if (rotation)
+        event_free(rotation);
     for (size_t i = 0; i < 3; i++)
         if (sigs[i])
             event_free(sigs[i]);

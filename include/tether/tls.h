@@ -35,6 +35,13 @@ void tether_tls_server_free(struct tether_tls_server *srv);
 SSL *tether_tls_server_ssl(struct tether_tls_server *srv);
 
 /*
+ * Replace the session ticket key: tickets of the key before it still
+ * resume (and are renewed) until the next rotation. Every TLS context of
+ * the process shares the keys. Returns 0 or -1. Thread: any.
+ */
+int tether_tls_tickets_rotate(void);
+
+/*
  * Check every TLS listener of cfg as tetherd -t does, appending problems to
  * errs. Returns the number of errors added.
  */

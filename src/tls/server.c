@@ -11,7 +11,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "tether/tls.h"
+#include "tls-int.h"
 
 /* Mozilla's "intermediate" configuration (TLS 1.2 suites; 1.3 uses OpenSSL's defaults). */
 #define INTERMEDIATE_CIPHERS                                                                       \
@@ -22,8 +22,8 @@
 #define INTERMEDIATE_GROUPS "X25519:prime256v1:secp384r1"
 
 struct tether_tls_server {
-    SSL_CTX **ctx;               /* one per certificate; ctx[0] is the default */
-    X509 **leaf;                 /* borrowed from ctx[i] */
+    SSL_CTX **ctx; /* one per certificate; ctx[0] is the default */
+    X509 **leaf;   /* borrowed from ctx[i] */
     size_t n;
 };
 
@@ -88,6 +88,12 @@ static SSL_CTX *ctx_new(const struct tether_config_listen_tls *t)
     static const unsigned char sid_ctx[] = "tether";
     SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    /* Tickets outlive no more than two rotations: one as current, one as previous. */
+    SSL_CTX_set_timeout(ctx, (long)(t->ticket_rotation_ms * 2 / 1000));
+    if (tls_tickets_attach(ctx) < 0) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     return ctx;
 }
 
@@ -124,8 +130,7 @@ static int load_cert(SSL_CTX *ctx, const struct tether_config *cfg, size_t li, s
     X509 *leaf = SSL_CTX_get0_certificate(ctx);
     if (X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0) {
         where(cfg, kc, &line, &col);
-        tether_config_errors_add(errs, true, line, col, kc, "%s: certificate has expired",
-                                 c->cert);
+        tether_config_errors_add(errs, true, line, col, kc, "%s: certificate has expired", c->cert);
     } else if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0) {
         where(cfg, kc, &line, &col);
         tether_config_errors_add(errs, true, line, col, kc, "%s: certificate is not yet valid",
