@@ -26,7 +26,7 @@
 struct listener {
     struct worker *worker;
     struct evconnlistener *ev;
-    size_t index;                /* in cfg->listens */
+    size_t index; /* in cfg->listens */
 };
 
 struct worker {
@@ -39,12 +39,12 @@ struct worker {
     struct tether_proxy_worker *proxy;
     struct listener *listeners;
     size_t nlisteners;
-    int wake[2];                 /* pipe: the main thread writes a command byte */
+    int wake[2]; /* pipe: the main thread writes a command byte */
     struct event *wake_ev;
 };
 
 struct tether_net {
-    struct tether_proxy *proxy;  /* borrowed */
+    struct tether_proxy *proxy; /* borrowed */
     struct worker *workers;
     size_t nworkers;
 };
@@ -74,8 +74,8 @@ static int bind_socket(const char *address)
     return fd;
 }
 
-static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg)
+static void on_accept(struct evconnlistener *ev, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
 {
     struct listener *l = arg;
     tether_proxy_accept(l->worker->proxy, fd, sa, (socklen_t)salen, l->index);

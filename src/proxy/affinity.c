@@ -186,8 +186,8 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     c->has_key = true;
     c->key_hash = tether_ring_hash(c->key, c->key_len);
     struct tether_session_info info;
-    int rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash,
-                                    tether_now_ms(), flags, place, w, &info);
+    int rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash, tether_now_ms(),
+                                    flags, place, w, &info);
     if (rc == TETHER_SESSION_FULL) {
         *why = "every backend is at capacity";
         return -503;
@@ -206,8 +206,7 @@ void affinity_release(struct conn *c)
     if (!c->session)
         return;
     c->session = false;
-    tether_session_release(c->w->proxy->sessions, c->key, c->key_len, c->key_hash,
-                           tether_now_ms());
+    tether_session_release(c->w->proxy->sessions, c->key, c->key_len, c->key_hash, tether_now_ms());
 }
 
 void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res)
@@ -235,8 +234,8 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
                                     (uint32_t)backend, tether_now_ms()) == 0 &&
                 c->minted) {
                 /* The server named the session: that key binds, not ours. */
-                tether_session_end(p->sessions, c->key, c->key_len, c->key_hash,
-                                   (uint32_t)backend, c->epoch);
+                tether_session_end(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
+                                   c->epoch);
                 c->minted = false;
             }
         }
@@ -263,9 +262,9 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
 int affinity_set_cookie(const struct conn *c, char *buf, size_t cap)
 {
     const struct tether_config *cfg = c->w->cfg;
-    int n = snprintf(buf, cap, "Set-Cookie: %s=%.*s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax%s\r\n",
-                     cfg->session.cookie, (int)c->key_len, c->key,
-                     (unsigned long long)(cfg->session.max_lifetime_ms / 1000),
-                     c->tls ? "; Secure" : "");
+    int n = snprintf(
+        buf, cap, "Set-Cookie: %s=%.*s; Path=/; Max-Age=%llu; HttpOnly; SameSite=Lax%s\r\n",
+        cfg->session.cookie, (int)c->key_len, c->key,
+        (unsigned long long)(cfg->session.max_lifetime_ms / 1000), c->tls ? "; Secure" : "");
     return n > 0 && (size_t)n < cap ? n : 0;
 }

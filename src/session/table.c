@@ -24,7 +24,7 @@ struct rec {
     uint64_t created_ms;
     uint64_t last_seen_ms;
     uint64_t requests;
-    void *state;                 /* the handoff blob, owned */
+    void *state; /* the handoff blob, owned */
     uint32_t state_len;
     uint32_t backend;
     uint32_t epoch;
@@ -40,12 +40,12 @@ TAILQ_HEAD(rec_list, rec);
 struct shard {
     pthread_mutex_t lock;
     struct rec **buckets;
-    size_t nbuckets;             /* power of two */
+    size_t nbuckets; /* power of two */
     size_t count;
     struct rec_list live;
     struct rec_list prov;
     struct rec_list age;
-    struct rec_list *backends;   /* indexed by backend, grown on demand */
+    struct rec_list *backends; /* indexed by backend, grown on demand */
     size_t nbackends;
     struct tether_session_stats stats;
 } __attribute__((aligned(64)));
@@ -54,8 +54,8 @@ struct tether_session_table {
     struct tether_session_limits lim;
     struct shard *shards;
     size_t nshards;
-    pthread_mutex_t place_lock;  /* guards placement decisions and load increments */
-    _Atomic uint64_t count;      /* records in all shards */
+    pthread_mutex_t place_lock;   /* guards placement decisions and load increments */
+    _Atomic uint64_t count;       /* records in all shards */
     _Atomic uint64_t state_bytes; /* all blobs together */
     _Atomic uint64_t state_refused;
     _Atomic uint32_t loads[TETHER_SESSION_MAX_BACKENDS];
@@ -123,9 +123,9 @@ void tether_session_table_free(struct tether_session_table *t)
 
 uint32_t tether_session_load(const struct tether_session_table *t, uint32_t b)
 {
-    return b < TETHER_SESSION_MAX_BACKENDS ? atomic_load_explicit(&t->loads[b],
-                                                                  memory_order_relaxed)
-                                           : 0;
+    return b < TETHER_SESSION_MAX_BACKENDS
+               ? atomic_load_explicit(&t->loads[b], memory_order_relaxed)
+               : 0;
 }
 
 void tether_session_loads(const struct tether_session_table *t, uint32_t *out, size_t n)
@@ -409,8 +409,8 @@ void tether_session_release(struct tether_session_table *t, const char *key, siz
     pthread_mutex_unlock(&sh->lock);
 }
 
-int tether_session_bind(struct tether_session_table *t, const char *key, size_t len,
-                        uint64_t hash, uint32_t b, uint64_t now_ms)
+int tether_session_bind(struct tether_session_table *t, const char *key, size_t len, uint64_t hash,
+                        uint32_t b, uint64_t now_ms)
 {
     if (b >= TETHER_SESSION_MAX_BACKENDS)
         return -EINVAL;
@@ -455,8 +455,8 @@ out:
     return rc;
 }
 
-int tether_session_end(struct tether_session_table *t, const char *key, size_t len,
-                       uint64_t hash, uint32_t b, uint32_t epoch)
+int tether_session_end(struct tether_session_table *t, const char *key, size_t len, uint64_t hash,
+                       uint32_t b, uint32_t epoch)
 {
     struct shard *sh = shard_of(t, hash);
     int rc = 0;
@@ -507,8 +507,8 @@ int tether_session_set_state(struct tether_session_table *t, const char *key, si
     return rc;
 }
 
-int tether_session_get(struct tether_session_table *t, const char *key, size_t len,
-                       uint64_t hash, struct tether_session_info *out)
+int tether_session_get(struct tether_session_table *t, const char *key, size_t len, uint64_t hash,
+                       struct tether_session_info *out)
 {
     struct shard *sh = shard_of(t, hash);
     pthread_mutex_lock(&sh->lock);
@@ -553,8 +553,7 @@ size_t tether_session_expire(struct tether_session_table *t, size_t from, size_t
         pthread_mutex_lock(&sh->lock);
         n += sweep_use(t, sh, &sh->prov, t->lim.provisional_timeout_ms, now_ms,
                        MAX_EXPIRE_PER_SHARD);
-        n += sweep_use(t, sh, &sh->live, t->lim.idle_timeout_ms, now_ms,
-                       MAX_EXPIRE_PER_SHARD - n);
+        n += sweep_use(t, sh, &sh->live, t->lim.idle_timeout_ms, now_ms, MAX_EXPIRE_PER_SHARD - n);
         /* Creation order never changes: step over busy records (their
            release removes them) and stop at the first that is not due. */
         struct rec *r = TAILQ_FIRST(&sh->age);
