@@ -49,4 +49,136 @@ int tether_net_join_until(struct tether_net *net, const struct timespec *deadlin
 /* Frees a joined (or never started) net; accepts NULL. */
 void tether_net_free(struct tether_net *net);
 
+/*
+ * Streams: a buffered, non-blocking TCP or TLS connection with the
+ * semantics of the libevent bufferevent calls tether uses (callbacks,
+ * watermarks, timeouts, BEV_EVENT_* flags), but with speculative I/O: output
+ * is written directly once per loop turn and EV_WRITE is registered only
+ * after the socket refused more; the read event stays registered while
+ * reading is enabled; reads go straight into the input evbuffer without
+ * asking the kernel how much is there. Everything here belongs to the thread
+ * that runs the loop's event_base; nothing takes a lock. Plain streams never
+ * raise SIGPIPE; TLS streams write through OpenSSL and need it ignored.
+ */
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+struct evbuffer;
+struct ssl_st;
+struct timeval;
+struct tether_stream;
+struct tether_stream_loop;
+
+/* Called with new input (read) or after output drained to the low mark (write). */
+typedef void (*tether_stream_data_cb)(struct tether_stream *s, void *arg);
+/*
+ * Called on BEV_EVENT_CONNECTED, or on BEV_EVENT_EOF, _ERROR or _TIMEOUT
+ * or'ed with BEV_EVENT_READING or _WRITING. On ERROR, errno holds the cause
+ * (EPROTO for a TLS protocol failure); it is 0 on EOF and ETIMEDOUT on TIMEOUT.
+ */
+typedef void (*tether_stream_event_cb)(struct tether_stream *s, short what, void *arg);
+
+/*
+ * The per-thread context of streams: one per worker event_base, holding the
+ * deferred flush. Returns NULL when out of memory. base is borrowed and must
+ * outlive the loop.
+ */
+struct tether_stream_loop *tether_stream_loop_new(struct event_base *base);
+
+/* Frees l once every stream made on it is freed; not from a callback. Accepts NULL. */
+void tether_stream_loop_free(struct tether_stream_loop *l);
+
+/*
+ * A plain stream on the connected, non-blocking socket fd, or on no socket
+ * yet (fd -1) for tether_stream_connect(). On success the stream owns fd
+ * (closed by tether_stream_free); on failure (NULL, out of memory) the caller
+ * still does. Writing is enabled and reading disabled, as for
+ * bufferevent_socket_new().
+ */
+struct tether_stream *tether_stream_new(struct tether_stream_loop *l, int fd);
+
+/*
+ * A TLS stream over fd (non-blocking, or -1 for tether_stream_connect()) and
+ * ssl, which is set up as a server (accepting 1) or client (0). The
+ * handshake runs by itself and ends in BEV_EVENT_CONNECTED (on both sides).
+ * A server's handshake is bounded by the read and write timeouts, a
+ * client's, as part of connecting, by the write timeout alone. A peer that
+ * closes without close_notify is reported as EOF. On success the stream
+ * owns fd and ssl (a best-effort close_notify is sent on free); on failure
+ * (NULL) the caller still does.
+ */
+struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd,
+                                            struct ssl_st *ssl, int accepting);
+
+/*
+ * Start connecting a stream made with fd -1 to sa. Returns 0 when under way:
+ * BEV_EVENT_CONNECTED (TLS: after the handshake) or BEV_EVENT_ERROR follows
+ * from the loop, never from inside this call, also for an immediate refusal;
+ * BEV_EVENT_WRITING|BEV_EVENT_TIMEOUT when the write timeout passes first.
+ * Returns -errno when no attempt could be made (no event follows), -EINVAL
+ * if the stream already has a socket. Output queued before the connection
+ * is up is sent once it is.
+ */
+int tether_stream_connect(struct tether_stream *s, const struct sockaddr *sa, socklen_t len);
+
+/* Set the callbacks (any may be NULL) and their argument; callable any time. */
+void tether_stream_setcb(struct tether_stream *s, tether_stream_data_cb readcb,
+                         tether_stream_data_cb writecb, tether_stream_event_cb eventcb,
+                         void *arg);
+
+/*
+ * Enable or disable reading and/or writing (EV_READ, EV_WRITE). Enabling
+ * restarts the matching timeout. Disabled writing keeps output queued.
+ * Both return 0.
+ */
+int tether_stream_enable(struct tether_stream *s, short what);
+int tether_stream_disable(struct tether_stream *s, short what);
+
+/* EV_READ and/or EV_WRITE as currently enabled. */
+short tether_stream_get_enabled(struct tether_stream *s);
+
+/*
+ * Watermarks, for EV_READ and/or EV_WRITE. Read: the read callback runs only
+ * once input holds at least low bytes; at high (0: no limit) reading stops
+ * and resumes by itself when input is drained below it. Write: the write
+ * callback runs when a write leaves at most low bytes queued; high is
+ * ignored, as for a socket bufferevent.
+ */
+void tether_stream_setwatermark(struct tether_stream *s, short what, size_t low, size_t high);
+
+/*
+ * Read and write timeouts, NULL (or zero) for none. Reading enabled and nothing read
+ * for rt: READING|TIMEOUT and reading is disabled. Output waiting and nothing
+ * written for wt: WRITING|TIMEOUT and writing is disabled; wt also bounds
+ * tether_stream_connect(). Returns 0.
+ */
+int tether_stream_set_timeouts(struct tether_stream *s, const struct timeval *rt,
+                               const struct timeval *wt);
+
+/*
+ * The input and output buffers, owned by the stream. Adding to the output
+ * schedules a write later in the same loop turn.
+ */
+struct evbuffer *tether_stream_get_input(struct tether_stream *s);
+struct evbuffer *tether_stream_get_output(struct tether_stream *s);
+
+/* The socket, or -1 before tether_stream_connect(). */
+int tether_stream_getfd(struct tether_stream *s);
+
+/*
+ * Write what the socket takes now, without waiting for the loop (e.g. before
+ * shutdown(SHUT_WR)). Callbacks this causes (write, error) run later from
+ * the loop, not from inside this call.
+ */
+void tether_stream_flush(struct tether_stream *s);
+
+/*
+ * Close and free s at once: TLS sends a best-effort close_notify, the socket
+ * is closed and queued output dropped. Safe from inside any callback,
+ * including one of s itself; no callback of s runs afterwards. Accepts NULL.
+ */
+void tether_stream_free(struct tether_stream *s);
+
 #endif

@@ -1,0 +1,205 @@
+/*
+ * TLS streams: the handshake, SSL_read and SSL_write on top of the stream
+ * machine in stream.c. Either direction may wait on the other (a read that
+ * must write, a write that must read); a close without close_notify reads as
+ * EOF, since HTTP framing tells a cut message from a whole one.
+ */
+#include <errno.h>
+#include <limits.h>
+
+#include <event2/buffer.h>
+#include <openssl/err.h>
+
+#include "stream-int.h"
+
+/*
+ * What a failed SSL call means, given SSL_get_error() e and the errno sys
+ * saved right after the call: BEV_EVENT_EOF, or BEV_EVENT_ERROR with *err
+ * set (the socket's errno, or EPROTO). A fatal error ends all I/O.
+ */
+static short failure(struct tether_stream *s, int e, int sys, int *err)
+{
+    unsigned long queued = ERR_peek_error();
+    ERR_clear_error();
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        *err = 0;
+        return BEV_EVENT_EOF;
+    }
+    /* After SSL_ERROR_SYSCALL or _SSL nothing more may be said, not even close_notify. */
+    s->broken = true;
+    if (e == SSL_ERROR_SYSCALL && queued == 0 && sys == 0) {
+        *err = 0;
+        return BEV_EVENT_EOF;
+    }
+    s->state = ST_FAILED;
+    *err = e == SSL_ERROR_SYSCALL && queued == 0 ? sys : EPROTO;
+    return BEV_EVENT_ERROR;
+}
+
+int stream_tls_set_fd(struct tether_stream *s, int fd)
+{
+    if (SSL_set_fd(s->ssl, fd) != 1) {
+        ERR_clear_error();
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd, SSL *ssl,
+                                            int accepting)
+{
+    struct tether_stream *s = stream_alloc(l);
+    if (!s)
+        return NULL;
+    s->ssl = ssl;
+    if (fd >= 0 && stream_tls_set_fd(s, fd) < 0) {
+        stream_release(s);
+        return NULL;
+    }
+    s->accepting = accepting != 0;
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (s->accepting)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    if (fd < 0)
+        return s;
+    stream_attach(s, fd);
+    s->state = ST_HANDSHAKE;
+    if (s->accepting) {
+        /* The client speaks first. */
+        s->hs_want = EV_READ;
+        stream_sync(s);
+    } else {
+        stream_mark(s, P_HANDSHAKE);
+    }
+    return s;
+}
+
+void stream_tls_handshake(struct tether_stream *s)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        if (!stream_opened(s))
+            return;
+        /* Application data that came with the last handshake flight. */
+        if (SSL_has_pending(s->ssl))
+            stream_read(s);
+        return;
+    }
+    int sys = errno;
+    int e = SSL_get_error(s->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        s->hs_want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
+        stream_sync(s);
+        return;
+    }
+    int err;
+    short what = failure(s, e, sys, &err);
+    s->state = ST_FAILED;
+    stream_sync(s);
+    stream_run_event(s, BEV_EVENT_READING | what, err);
+}
+
+/*
+ * Read records into reserved input space while the SSL object holds more
+ * and the high watermark allows: decrypted bytes raise no read event, so
+ * none may be left behind unless reading is suspended (check_suspend and
+ * tether_stream_enable fetch them later). Returns the bytes read; *what is
+ * set on EOF or error.
+ */
+ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err)
+{
+    bool was = s->rwant_write;
+    ssize_t total = 0;
+    s->rwant_write = false;
+    for (;;) {
+        size_t want = stream_room(s);
+        if (want == 0)
+            break;
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(s->input, (ev_ssize_t)want, &v, 1) < 1) {
+            *what = BEV_EVENT_ERROR;
+            *err = ENOMEM;
+            break;
+        }
+        ERR_clear_error();
+        int r = SSL_read(s->ssl, v.iov_base, (int)(v.iov_len < want ? v.iov_len : want));
+        if (r > 0) {
+            v.iov_len = (size_t)r;
+            evbuffer_commit_space(s->input, &v, 1);
+            total += r;
+            if (SSL_has_pending(s->ssl))
+                continue;
+            break;
+        }
+        int sys = errno;
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE)
+            s->rwant_write = true;
+        else if (e != SSL_ERROR_WANT_READ)
+            *what = failure(s, e, sys, err);
+        break;
+    }
+    if (was != s->rwant_write)
+        stream_sync(s);
+    return total;
+}
+
+/*
+ * SSL_write the output's first segments. After WANT_*, OpenSSL wants the
+ * same bytes offered again: they stay at the front of the output, which is
+ * drained only by what was written. Returns the bytes written or -1.
+ */
+ssize_t stream_tls_write(struct tether_stream *s, int *err)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(s->output, -1, NULL, v, 16);
+    size_t total = 0;
+    bool failed = false;
+    if (n > 16)
+        n = 16;
+    s->wwant_read = false;
+    for (int i = 0; i < n; i++) {
+        size_t off = 0;
+        while (off < v[i].iov_len) {
+            size_t chunk = v[i].iov_len - off;
+            ERR_clear_error();
+            int r = SSL_write(s->ssl, (char *)v[i].iov_base + off,
+                              chunk > INT_MAX ? INT_MAX : (int)chunk);
+            if (r > 0) {
+                off += (size_t)r;
+                total += (size_t)r;
+                continue;
+            }
+            int sys = errno;
+            int e = SSL_get_error(s->ssl, r);
+            if (e == SSL_ERROR_WANT_READ) {
+                s->wwant_read = true;
+            } else if (e != SSL_ERROR_WANT_WRITE) {
+                failure(s, e, sys, err);
+                if (*err == 0)
+                    *err = EPIPE;
+                failed = true;
+            }
+            goto out;
+        }
+    }
+out:
+    evbuffer_drain(s->output, total);
+    s->wblocked = evbuffer_get_length(s->output) > 0;
+    return failed ? -1 : (ssize_t)total;
+}
+
+void stream_tls_close(struct tether_stream *s)
+{
+    if (s->state == ST_OPEN && !s->broken) {
+        /* Best effort: one non-blocking try, no waiting for the peer's reply. */
+        ERR_clear_error();
+        SSL_shutdown(s->ssl);
+    }
+    ERR_clear_error();
+    SSL_free(s->ssl);
+}
