@@ -16,17 +16,17 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent.h> /* BEV_EVENT_* */
 
 #include "tether/lb.h"
+#include "tether/net.h"
 #include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
-static void on_read(struct bufferevent *bev, void *arg);
-static void on_write(struct bufferevent *bev, void *arg);
-static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_read(struct tether_stream *bev, void *arg);
+static void on_write(struct tether_stream *bev, void *arg);
+static void on_event(struct tether_stream *bev, short what, void *arg);
 static void parse_next(struct conn *c);
 
 static struct timeval ms_tv(uint64_t ms)
@@ -88,7 +88,7 @@ static void conn_free(struct conn *c)
         upstream_release(c->up, false);
     request_end(c);
     disarm(c);
-    bufferevent_free(c->bev);
+    tether_stream_free(c->bev);
     TAILQ_REMOVE(&w->conns, c, link);
     w->nconns--;
     atomic_fetch_sub(&w->proxy->connections, 1);
@@ -107,13 +107,13 @@ void conn_abort(struct conn *c)
     if (c->up)
         upstream_release(c->up, false);
     request_end(c);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    if (evbuffer_get_length(tether_stream_get_output(c->bev)) == 0) {
         conn_free(c);
         return;
     }
     c->state = C_LINGER;
     c->aborting = true;
-    bufferevent_disable(c->bev, EV_READ);
+    tether_stream_disable(c->bev, EV_READ);
     disarm(c);
     arm(c, T_LINGER);
 }
@@ -121,10 +121,10 @@ void conn_abort(struct conn *c)
 /* Output flushed: stop sending, keep reading (and discarding) for a while. */
 static void linger_start(struct conn *c)
 {
-    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-    evbuffer_drain(bufferevent_get_input(c->bev), (size_t)-1);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_enable(c->bev, EV_READ);
+    shutdown(tether_stream_getfd(c->bev), SHUT_WR);
+    evbuffer_drain(tether_stream_get_input(c->bev), (size_t)-1);
+    tether_stream_setwatermark(c->bev, EV_READ, 0, 0);
+    tether_stream_enable(c->bev, EV_READ);
     disarm(c);
     arm(c, T_LINGER);
 }
@@ -137,8 +137,8 @@ static void close_gracefully(struct conn *c)
     request_end(c);
     c->state = C_LINGER;
     disarm(c);
-    bufferevent_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    tether_stream_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(tether_stream_get_output(c->bev)) == 0)
         linger_start(c);
 }
 
@@ -158,7 +158,7 @@ void conn_error(struct conn *c, int status, const char *what)
                      "%sConnection: close\r\n\r\n%s\n",
                      status, tether_http_reason(status), strlen(what) + 1,
                      status == 503 ? "Retry-After: 1\r\n" : "", what);
-    evbuffer_add(bufferevent_get_output(c->bev), buf, (size_t)n);
+    evbuffer_add(tether_stream_get_output(c->bev), buf, (size_t)n);
     c->bytes_out += (uint64_t)n;
     c->resp_started = true;
     if (c->t_start == 0)
@@ -193,17 +193,15 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
         SSL *ssl = tether_tls_server_ssl(tls);
         if (!ssl)
             goto fail;
-        c->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                BEV_OPT_CLOSE_ON_FREE);
+        /* An unclean TLS close ends the stream like a FIN: the HTTP framing
+           tells a cut body from a complete one. */
+        c->bev = tether_stream_new_tls(w->loop, fd, ssl, 1);
         if (!c->bev) {
             SSL_free(ssl);
             goto fail;
         }
-        /* An unclean TLS close still ends the stream: the HTTP framing
-           tells a cut body from a complete one. */
-        bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     } else {
-        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        c->bev = tether_stream_new(w->loop, fd);
         if (!c->bev)
             goto fail;
     }
@@ -225,19 +223,19 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     w->nconns++;
 
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    tether_stream_setcb(c->bev, on_read, on_write, on_event, c);
     /* The input holds at most one head plus some of what follows it. */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
-    bufferevent_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    tether_stream_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
+    tether_stream_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
     struct timeval wt = ms_tv(w->cfg->timeouts.client_idle_ms);
-    bufferevent_set_timeouts(c->bev, NULL, &wt);
-    bufferevent_enable(c->bev, EV_READ);
+    tether_stream_set_timeouts(c->bev, NULL, &wt);
+    tether_stream_enable(c->bev, EV_READ);
     arm(c, T_HEADER);
     return;
 fail:
     atomic_fetch_sub(&p->connections, 1);
     if (c && c->bev)
-        bufferevent_free(c->bev);
+        tether_stream_free(c->bev);
     else
         close(fd);
     free(c);
@@ -277,7 +275,7 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
 {
     struct tether_proxy_worker *w = c->w;
     const struct tether_config *cfg = w->cfg;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = tether_stream_get_input(c->bev);
 
     disarm(c);
     c->state = C_ACTIVE;
@@ -338,7 +336,7 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
 
 static void parse_next(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = tether_stream_get_input(c->bev);
     size_t len = evbuffer_get_length(in);
     if (len == 0)
         return;
@@ -368,8 +366,8 @@ void conn_forward_request_body(struct conn *c)
 {
     if (c->req_done || !c->up)
         return;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer *out = bufferevent_get_output(c->up->bev);
+    struct evbuffer *in = tether_stream_get_input(c->bev);
+    struct evbuffer *out = tether_stream_get_output(c->up->bev);
     if (c->req_body == TETHER_HTTP_BODY_LENGTH) {
         size_t n = evbuffer_get_length(in);
         if (n > c->req_left)
@@ -404,7 +402,7 @@ void conn_forward_request_body(struct conn *c)
     }
     /* Backpressure: stop reading the client while the backend is behind. */
     if (!c->req_done && evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
-        bufferevent_disable(c->bev, EV_READ);
+        tether_stream_disable(c->bev, EV_READ);
 }
 
 void conn_start_tunnel(struct conn *c)
@@ -412,9 +410,9 @@ void conn_start_tunnel(struct conn *c)
     c->state = C_TUNNEL;
     c->req_done = true;
     struct timeval tv = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, TETHER_PROXY_HIGH_WATER);
-    bufferevent_enable(c->bev, EV_READ);
+    tether_stream_set_timeouts(c->bev, &tv, &tv);
+    tether_stream_setwatermark(c->bev, EV_READ, 0, TETHER_PROXY_HIGH_WATER);
+    tether_stream_enable(c->bev, EV_READ);
     on_read(c->bev, c);
 }
 
@@ -424,7 +422,7 @@ void conn_response_done(struct conn *c)
     accesslog_write(c);
     request_end(c);
     if (!c->req_done || c->close_after || !c->keepalive ||
-        (c->read_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)) {
+        (c->read_eof && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)) {
         close_gracefully(c);
         return;
     }
@@ -434,8 +432,8 @@ void conn_response_done(struct conn *c)
     c->method[0] = '\0';
     c->path_len = 0;
     c->has_key = false;
-    bufferevent_enable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+    tether_stream_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(tether_stream_get_input(c->bev)) > 0) {
         arm(c, T_HEADER);
         parse_next(c);
     } else {
@@ -443,10 +441,10 @@ void conn_response_done(struct conn *c)
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_read(struct tether_stream *bev, void *arg)
 {
     struct conn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = tether_stream_get_input(bev);
     switch (c->state) {
     case C_HEAD:
         if (c->timer_mode == T_IDLE) {
@@ -461,10 +459,10 @@ static void on_read(struct bufferevent *bev, void *arg)
         break;
     case C_TUNNEL:
         if (c->up) {
-            struct evbuffer *out = bufferevent_get_output(c->up->bev);
+            struct evbuffer *out = tether_stream_get_output(c->up->bev);
             evbuffer_add_buffer(out, in);
             if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
-                bufferevent_disable(bev, EV_READ);
+                tether_stream_disable(bev, EV_READ);
         }
         break;
     case C_LINGER:
@@ -473,11 +471,11 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_write(struct tether_stream *bev, void *arg)
 {
     struct conn *c = arg;
     if (c->state == C_LINGER) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+        if (evbuffer_get_length(tether_stream_get_output(bev)) > 0)
             return;
         if (c->aborting)
             conn_free(c);
@@ -489,7 +487,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         upstream_resume(c->up);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_event(struct tether_stream *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED)
@@ -522,6 +520,7 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->cfg = proxy->cfg;
     w->base = base;
     w->id = id;
+    w->loop = tether_stream_loop_new(base);
     TAILQ_INIT(&w->conns);
     w->pools = calloc(proxy->nbackends, sizeof(*w->pools));
     w->scratch_inflight = calloc(proxy->nbackends, sizeof(*w->scratch_inflight));
@@ -529,7 +528,7 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->cands = calloc(proxy->nbackends, sizeof(*w->cands));
     w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
     struct timeval second = {1, 0};
-    if (!w->pools || !w->scratch_inflight || !w->scratch_up || !w->cands || !w->sweep ||
+    if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->cands || !w->sweep ||
         event_add(w->sweep, &second) < 0) {
         tether_proxy_worker_free(w);
         return NULL;
@@ -554,6 +553,7 @@ void tether_proxy_worker_free(struct tether_proxy_worker *w)
     free(w->cands);
     if (w->sweep)
         event_free(w->sweep);
+    tether_stream_loop_free(w->loop);
     free(w);
 }
 
@@ -568,7 +568,7 @@ void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *
     struct conn *c = TAILQ_FIRST(&w->conns);
     while (c) {
         struct conn *next = TAILQ_NEXT(c, link);
-        if (c->state == C_HEAD && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)
             conn_free(c);
         else
             c->keepalive = false;

@@ -18,6 +18,7 @@
 #include <event2/event_struct.h>
 
 #include "tether/http.h"
+#include "tether/net.h"
 #include "tether/proxy.h"
 #include "tether/session.h"
 
@@ -61,7 +62,7 @@ struct evbuffer;
 struct conn {
     TAILQ_ENTRY(conn) link;
     struct tether_proxy_worker *w;
-    struct bufferevent *bev;
+    struct tether_stream *bev;
     struct upstream *up;
     struct event timer;
     enum conn_timer timer_mode;
@@ -114,7 +115,7 @@ struct conn {
 struct upstream {
     TAILQ_ENTRY(upstream) link;
     struct tether_proxy_worker *w;
-    struct bufferevent *bev;
+    struct tether_stream *bev;
     struct conn *c;              /* NULL while pooled */
     int backend;
     enum up_state state;
@@ -138,6 +139,7 @@ struct tether_proxy_worker {
     struct tether_proxy *proxy;
     const struct tether_config *cfg; /* borrowed from proxy */
     struct event_base *base;
+    struct tether_stream_loop *loop;
     int id;
     struct conn_list conns;
     size_t nconns;

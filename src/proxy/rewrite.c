@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <event2/bufferevent.h> /* BEV_EVENT_* */
 
 #include "tether/util.h"
 #include "proxy-int.h"
@@ -195,7 +195,7 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (res->status >= 200) {
         if (c->close_after || !c->keepalive ||
-            (c->read_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
+            (c->read_eof && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0))
             p = PUTS(p, "Connection: close\r\n");
         else if (c->minor == 0)
             p = PUTS(p, "Connection: keep-alive\r\n");

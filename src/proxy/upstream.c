@@ -12,14 +12,15 @@
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <event2/bufferevent.h> /* BEV_EVENT_* */
 
+#include "tether/net.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
-static void on_read(struct bufferevent *bev, void *arg);
-static void on_write(struct bufferevent *bev, void *arg);
-static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_read(struct tether_stream *bev, void *arg);
+static void on_write(struct tether_stream *bev, void *arg);
+static void on_event(struct tether_stream *bev, short what, void *arg);
 
 static struct timeval ms_tv(uint64_t ms)
 {
@@ -31,7 +32,7 @@ static void upstream_free(struct upstream *u)
 {
     if (u->c)
         u->c->up = NULL;
-    bufferevent_free(u->bev);
+    tether_stream_free(u->bev);
     free(u);
 }
 
@@ -44,12 +45,12 @@ static void pool_remove(struct upstream *u)
 }
 
 /* A pooled connection must stay silent; anything it says ends it. */
-static void on_pool_read(struct bufferevent *bev, void *arg)
+static void on_pool_read(struct tether_stream *bev, void *arg)
 {
     pool_remove(arg);
 }
 
-static void on_pool_event(struct bufferevent *bev, short what, void *arg)
+static void on_pool_event(struct tether_stream *bev, short what, void *arg)
 {
     pool_remove(arg);
 }
@@ -62,16 +63,16 @@ void upstream_release(struct upstream *u, bool reusable)
         u->c->up = NULL;
     u->c = NULL;
     if (!reusable || w->stopping || pl->nidle >= TETHER_PROXY_POOL_MAX ||
-        evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
+        evbuffer_get_length(tether_stream_get_input(u->bev)) > 0) {
         upstream_free(u);
         return;
     }
     u->state = U_IDLE;
-    bufferevent_setcb(u->bev, on_pool_read, NULL, on_pool_event, u);
+    tether_stream_setcb(u->bev, on_pool_read, NULL, on_pool_event, u);
     struct timeval tv = ms_tv(TETHER_PROXY_POOL_IDLE_MS);
-    bufferevent_set_timeouts(u->bev, &tv, NULL);
-    bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
-    bufferevent_enable(u->bev, EV_READ);
+    tether_stream_set_timeouts(u->bev, &tv, NULL);
+    tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
+    tether_stream_enable(u->bev, EV_READ);
     /* Most recently used first: the warmest connection is reused next. */
     TAILQ_INSERT_HEAD(&pl->idle, u, link);
     pl->nidle++;
@@ -90,13 +91,13 @@ void upstream_start_request(struct upstream *u)
     const struct tether_config_timeouts *t = &u->w->cfg->timeouts;
     u->state = U_HEAD;
     u->got_bytes = false;
-    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    tether_stream_setcb(u->bev, on_read, on_write, on_event, u);
     struct timeval rt = ms_tv(t->backend_response_ms), wt = ms_tv(t->backend_idle_ms);
-    bufferevent_set_timeouts(u->bev, &rt, &wt);
-    bufferevent_setwatermark(u->bev, EV_READ, 0, 0);
-    bufferevent_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
-    evbuffer_add(bufferevent_get_output(u->bev), c->head, c->head_len);
-    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    tether_stream_set_timeouts(u->bev, &rt, &wt);
+    tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
+    tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    evbuffer_add(tether_stream_get_output(u->bev), c->head, c->head_len);
+    tether_stream_enable(u->bev, EV_READ | EV_WRITE);
     c->t_upstream = tether_now_us();
     atomic_fetch_add(&u->w->proxy->backends[u->backend].requests, 1);
     conn_forward_request_body(c);
@@ -123,7 +124,7 @@ int upstream_attach(struct conn *c)
         return -1;
     u->w = w;
     u->backend = c->backend;
-    u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    u->bev = tether_stream_new(w->loop, -1);
     if (!u->bev) {
         free(u);
         return -1;
@@ -131,10 +132,10 @@ int upstream_attach(struct conn *c)
     u->c = c;
     c->up = u;
     u->state = U_CONNECTING;
-    bufferevent_setcb(u->bev, on_read, on_write, on_event, u);
+    tether_stream_setcb(u->bev, on_read, on_write, on_event, u);
     struct timeval ct = ms_tv(w->cfg->timeouts.backend_connect_ms);
-    bufferevent_set_timeouts(u->bev, NULL, &ct);
-    if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&be->addr, (int)be->addrlen) < 0) {
+    tether_stream_set_timeouts(u->bev, NULL, &ct);
+    if (tether_stream_connect(u->bev, (struct sockaddr *)&be->addr, be->addrlen) < 0) {
         upstream_free(u);
         return -1;
     }
@@ -152,8 +153,8 @@ static void response_complete(struct upstream *u)
 static void relay_body(struct upstream *u)
 {
     struct conn *c = u->c;
-    struct evbuffer *in = bufferevent_get_input(u->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *in = tether_stream_get_input(u->bev);
+    struct evbuffer *out = tether_stream_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
     int done = 0;
 
@@ -200,7 +201,7 @@ static void relay_body(struct upstream *u)
         return;
     }
     if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
-        bufferevent_disable(u->bev, EV_READ);
+        tether_stream_disable(u->bev, EV_READ);
 }
 
 static void start_tunnel(struct upstream *u)
@@ -208,9 +209,9 @@ static void start_tunnel(struct upstream *u)
     struct conn *c = u->c;
     u->state = U_TUNNEL;
     struct timeval tv = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
-    bufferevent_set_timeouts(u->bev, &tv, &tv);
-    bufferevent_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
-    evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(u->bev));
+    tether_stream_set_timeouts(u->bev, &tv, &tv);
+    tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    evbuffer_add_buffer(tether_stream_get_output(c->bev), tether_stream_get_input(u->bev));
     conn_start_tunnel(c);
 }
 
@@ -218,8 +219,8 @@ static void start_tunnel(struct upstream *u)
 static void read_head(struct upstream *u)
 {
     struct conn *c = u->c;
-    struct evbuffer *in = bufferevent_get_input(u->bev);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *in = tether_stream_get_input(u->bev);
+    struct evbuffer *out = tether_stream_get_output(c->bev);
 
     while (evbuffer_get_length(in) > 0) {
         size_t len = evbuffer_get_length(in);
@@ -288,13 +289,13 @@ static void read_head(struct upstream *u)
         c->resp_started = true;
         u->state = U_BODY;
         struct timeval rt = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
-        bufferevent_set_timeouts(u->bev, &rt, &rt);
+        tether_stream_set_timeouts(u->bev, &rt, &rt);
         relay_body(u);
         return;
     }
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void on_read(struct tether_stream *bev, void *arg)
 {
     struct upstream *u = arg;
     struct conn *c = u->c;
@@ -309,10 +310,10 @@ static void on_read(struct bufferevent *bev, void *arg)
         relay_body(u);
         break;
     case U_TUNNEL: {
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        evbuffer_add_buffer(out, bufferevent_get_input(bev));
+        struct evbuffer *out = tether_stream_get_output(c->bev);
+        evbuffer_add_buffer(out, tether_stream_get_input(bev));
         if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
-            bufferevent_disable(bev, EV_READ);
+            tether_stream_disable(bev, EV_READ);
         break;
     }
     case U_CONNECTING:
@@ -322,22 +323,22 @@ static void on_read(struct bufferevent *bev, void *arg)
 }
 
 /* The backend took some of what we queued: read more from the client. */
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_write(struct tether_stream *bev, void *arg)
 {
     struct upstream *u = arg;
     struct conn *c = u->c;
     if (!c)
         return;
     if (c->state == C_TUNNEL) {
-        if (c->close_after && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        if (c->close_after && evbuffer_get_length(tether_stream_get_output(bev)) == 0) {
             conn_abort(c);
             return;
         }
-        bufferevent_enable(c->bev, EV_READ);
+        tether_stream_enable(c->bev, EV_READ);
         return;
     }
     if (!c->req_done && u->state != U_CONNECTING) {
-        bufferevent_enable(c->bev, EV_READ);
+        tether_stream_enable(c->bev, EV_READ);
         conn_forward_request_body(c);
     }
 }
@@ -345,9 +346,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 void upstream_resume(struct upstream *u)
 {
     if ((u->state == U_BODY || u->state == U_TUNNEL) &&
-        !(bufferevent_get_enabled(u->bev) & EV_READ)) {
-        bufferevent_enable(u->bev, EV_READ);
-        if (evbuffer_get_length(bufferevent_get_input(u->bev)) > 0)
+        !(tether_stream_get_enabled(u->bev) & EV_READ)) {
+        tether_stream_enable(u->bev, EV_READ);
+        if (evbuffer_get_length(tether_stream_get_input(u->bev)) > 0)
             on_read(u->bev, u);
     }
 }
@@ -356,12 +357,12 @@ void upstream_tunnel_client_closed(struct upstream *u)
 {
     struct conn *c = u->c;
     c->close_after = true;
-    evbuffer_add_buffer(bufferevent_get_output(u->bev), bufferevent_get_input(c->bev));
-    if (evbuffer_get_length(bufferevent_get_output(u->bev)) == 0)
+    evbuffer_add_buffer(tether_stream_get_output(u->bev), tether_stream_get_input(c->bev));
+    if (evbuffer_get_length(tether_stream_get_output(u->bev)) == 0)
         conn_abort(c);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_event(struct tether_stream *bev, short what, void *arg)
 {
     struct upstream *u = arg;
     struct conn *c = u->c;
@@ -369,7 +370,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
     if (what & BEV_EVENT_CONNECTED) {
         int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        setsockopt(tether_stream_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         upstream_start_request(u);
         return;
     }
@@ -422,7 +423,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         conn_abort(c);
         return;
     case U_TUNNEL:
-        evbuffer_add_buffer(bufferevent_get_output(c->bev), bufferevent_get_input(bev));
+        evbuffer_add_buffer(tether_stream_get_output(c->bev), tether_stream_get_input(bev));
         upstream_free(u);
         c->close_after = true;
         c->state = C_ACTIVE;
