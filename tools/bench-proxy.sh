@@ -12,9 +12,8 @@ build=$(cd "${1:-build}" && pwd)
 bench=${BENCH_DIR:-$(cd ../shared/bench && pwd)}
 export REPS=${REPS:-3} MODES=${MODES:-http} TARGETS=${TARGETS:-"custom haproxy"}
 export DURATION=${DURATION:-10s} TAG=${TAG:-tether-$(date -u +%Y%m%dT%H%M%SZ)}
-extra=()
-[[ $MODES == *https* ]] && extra+=(--tls)
-CUSTOM_NAME=tether "$bench/matrix.sh" -- "$bench/tether.sh" "$build/tetherd" "${extra[@]}"
+# The harness checks both the plain and the TLS port of every target.
+CUSTOM_NAME=tether "$bench/matrix.sh" -- "$bench/tether.sh" "$build/tetherd" --tls
 "$bench/report.sh" "$TAG" | tee /tmp/tether-bench-report.md
 csv=${RESULTS_DIR:-${RUN_DIR:-/tmp/fc-bench}/results}/results.csv
 python3 - "$csv" "$TAG" <<'PY'
