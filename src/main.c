@@ -62,10 +62,17 @@ static uint64_t ticket_rotation_ms(const struct tether_config *cfg)
     return ms;
 }
 
+/* SIGHUP: certificates and keys are read again; the rest of the file is not (yet). */
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
-    tether_log_warn("SIGHUP: configuration reload is not available in this version; "
-                    "the running configuration is kept");
+    struct daemon *d = arg;
+    int n = tether_proxy_reload_certificates(d->proxy);
+    if (n < 0)
+        tether_log_error("SIGHUP: certificates not reloaded; the running ones stay");
+    else
+        tether_log_info("SIGHUP: certificates of %d TLS listener%s reloaded (other settings "
+                        "need a restart in this version)",
+                        n, n == 1 ? "" : "s");
 }
 
 /* Wait for the workers until the deadline, then make them stop. */

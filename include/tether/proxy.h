@@ -24,6 +24,7 @@ struct event_base;
 struct tether_ring;
 struct tether_session_table;
 struct tether_tls_server;
+struct tether_tls_client;
 
 /* A backend's identity and live counters. */
 struct tether_backend {
@@ -46,6 +47,8 @@ struct tether_proxy {
     struct tether_session_table *sessions;
     _Atomic uint64_t state_dropped; /* state blobs over state_max_bytes */
     struct tether_tls_server **tls; /* per listen entry; NULL for plain TCP */
+    struct tether_tls_client **tls_backends; /* per backend; NULL for plain TCP */
+    struct retired_tls *retired; /* replaced TLS contexts, freed once no handshake can use them */
     int access_fd;               /* -1 when the access log is off */
     _Atomic uint64_t connections; /* open client connections, all workers */
     _Atomic uint32_t rr;         /* rotation for least-in-flight ties */
@@ -59,6 +62,14 @@ struct tether_proxy_worker;
  * proxy. Returns NULL on failure, after logging why.
  */
 struct tether_proxy *tether_proxy_new(const struct tether_config *cfg);
+
+/*
+ * Read every TLS listener's certificates and keys again (SIGHUP). All or
+ * nothing: on any error the running contexts stay and the problems are
+ * logged. Open connections keep the context they started with. Returns the
+ * number of listeners reloaded, or -1. Thread: any (one caller at a time).
+ */
+int tether_proxy_reload_certificates(struct tether_proxy *proxy);
 
 /* Frees the proxy; accepts NULL. Every worker must be freed first. */
 void tether_proxy_free(struct tether_proxy *proxy);

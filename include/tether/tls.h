@@ -47,4 +47,23 @@ int tether_tls_tickets_rotate(void);
  */
 int tether_tls_check(const struct tether_config *cfg, struct tether_config_errors *errs);
 
+
+
+/*
+ * The client side of TLS to one backend (backends[index].tls): TLS 1.2+,
+ * ALPN http/1.1, and unless verify is false the peer's chain is checked
+ * against ca (or the system store) and its name against sni, or against
+ * the backend's IP address when sni is empty. Problems (an unreadable CA
+ * file) are appended to errs. Returns NULL on failure. Thread: any.
+ */
+struct tether_tls_client;
+struct tether_tls_client *tether_tls_client_new(const struct tether_config *cfg, size_t index,
+                                                struct tether_config_errors *errs);
+void tether_tls_client_free(struct tether_tls_client *cl);
+
+/* A new SSL for one connection to the backend (caller owns it), or NULL. */
+SSL *tether_tls_client_ssl(struct tether_tls_client *cl);
+
+/* Why verification failed on ssl, or NULL when it did not. */
+const char *tether_tls_verify_error(const SSL *ssl);
 #endif

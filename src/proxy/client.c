@@ -40,7 +40,9 @@ static void arm(struct conn *c, enum conn_timer mode)
     const struct tether_config_timeouts *t = &c->w->cfg->timeouts;
     uint64_t ms = mode == T_HEADER ? t->client_header_ms
                   : mode == T_IDLE ? t->client_idle_ms
-                                   : TETHER_PROXY_LINGER_MS;
+                  : (mode == T_PEEK || mode == T_HANDSHAKE)
+                      ? c->w->cfg->listens[c->listen].tls->handshake_timeout_ms
+                      : TETHER_PROXY_LINGER_MS;
     struct timeval tv = ms_tv(ms);
     c->timer_mode = mode;
     event_add(&c->timer, &tv);
@@ -58,8 +60,8 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
     struct tether_proxy_worker *w = arg;
     size_t n = tether_session_shards(w->proxy->sessions), k = w->cfg->workers;
-    tether_session_expire(w->proxy->sessions, n * (size_t)w->id / k,
-                          n * ((size_t)w->id + 1) / k, tether_now_ms());
+    tether_session_expire(w->proxy->sessions, n * (size_t)w->id / k, n * ((size_t)w->id + 1) / k,
+                          tether_now_ms());
 }
 
 static void maybe_drained(struct tether_proxy_worker *w)
@@ -88,7 +90,10 @@ static void conn_free(struct conn *c)
         upstream_release(c->up, false);
     request_end(c);
     disarm(c);
-    tether_stream_free(c->bev);
+    if (c->bev)
+        tether_stream_free(c->bev);
+    else
+        close(c->fd);
     TAILQ_REMOVE(&w->conns, c, link);
     w->nconns--;
     atomic_fetch_sub(&w->proxy->connections, 1);
@@ -174,36 +179,82 @@ void conn_upstream_failed(struct conn *c, int status, const char *what, bool ret
     conn_error(c, status, what);
 }
 
+/* Give the connection its stream and start reading requests. Returns 0, or
+   -1 after freeing c. */
+static int conn_start(struct conn *c, SSL *ssl)
+{
+    struct tether_proxy_worker *w = c->w;
+    /* An unclean TLS close ends the stream like a FIN: the HTTP framing tells
+       a cut body from a complete one. */
+    c->bev =
+        ssl ? tether_stream_new_tls(w->loop, c->fd, ssl, 1) : tether_stream_new(w->loop, c->fd);
+    if (!c->bev) {
+        SSL_free(ssl);
+        conn_free(c);
+        return -1;
+    }
+    c->fd = -1;
+    tether_stream_setcb(c->bev, on_read, on_write, on_event, c);
+    /* The input holds at most one head plus some of what follows it. */
+    tether_stream_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
+    tether_stream_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
+    struct timeval wt = ms_tv(w->cfg->timeouts.client_idle_ms);
+    tether_stream_set_timeouts(c->bev, NULL, &wt);
+    tether_stream_enable(c->bev, EV_READ);
+    arm(c, ssl ? T_HANDSHAKE : T_HEADER);
+    return 0;
+}
+
+/*
+ * First byte on a TLS listener: a TLS record starts with 22 (handshake,
+ * RFC 8446 5.1) and no HTTP request does, so plain HTTP gets a plain 400
+ * instead of a TLS alert it cannot read.
+ */
+static void on_peek(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct tether_proxy_worker *w = c->w;
+    unsigned char first;
+    ssize_t n = (what & EV_TIMEOUT) ? 0 : recv(fd, &first, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        arm(c, T_PEEK);
+        return;
+    }
+    c->timer_mode = T_NONE;
+    if (n <= 0) {
+        conn_free(c);
+        return;
+    }
+    event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
+    if (first == 22) {
+        SSL *ssl =
+            tether_tls_server_ssl(__atomic_load_n(&w->proxy->tls[c->listen], __ATOMIC_ACQUIRE));
+        if (!ssl) {
+            conn_free(c);
+            return;
+        }
+        conn_start(c, ssl);
+        return;
+    }
+    if (conn_start(c, NULL) == 0)
+        conn_error(c, 400, "plain HTTP sent to a TLS port");
+}
+
 void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct sockaddr *sa,
                          socklen_t salen, size_t listen)
 {
     struct tether_proxy *p = w->proxy;
-    if (w->stopping ||
-        atomic_fetch_add(&p->connections, 1) >= w->cfg->limits.max_connections) {
+    if (w->stopping || atomic_fetch_add(&p->connections, 1) >= w->cfg->limits.max_connections) {
         if (!w->stopping)
             atomic_fetch_sub(&p->connections, 1);
         close(fd);
         return;
     }
     struct conn *c = calloc(1, sizeof(*c));
-    if (!c)
-        goto fail;
-    struct tether_tls_server *tls = p->tls[listen];
-    if (tls) {
-        SSL *ssl = tether_tls_server_ssl(tls);
-        if (!ssl)
-            goto fail;
-        /* An unclean TLS close ends the stream like a FIN: the HTTP framing
-           tells a cut body from a complete one. */
-        c->bev = tether_stream_new_tls(w->loop, fd, ssl, 1);
-        if (!c->bev) {
-            SSL_free(ssl);
-            goto fail;
-        }
-    } else {
-        c->bev = tether_stream_new(w->loop, fd);
-        if (!c->bev)
-            goto fail;
+    if (!c) {
+        atomic_fetch_sub(&p->connections, 1);
+        close(fd);
+        return;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -216,29 +267,20 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
         strcpy(c->peer, "unix");
     (void)salen;
     c->w = w;
-    c->tls = tls != NULL;
+    c->fd = fd;
+    c->listen = listen;
+    c->tls = w->cfg->listens[listen].tls != NULL;
     c->backend = -1;
     c->state = C_HEAD;
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->nconns++;
-
+    if (c->tls) {
+        event_assign(&c->timer, w->base, fd, EV_READ, on_peek, c);
+        arm(c, T_PEEK);
+        return;
+    }
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
-    tether_stream_setcb(c->bev, on_read, on_write, on_event, c);
-    /* The input holds at most one head plus some of what follows it. */
-    tether_stream_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
-    tether_stream_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
-    struct timeval wt = ms_tv(w->cfg->timeouts.client_idle_ms);
-    tether_stream_set_timeouts(c->bev, NULL, &wt);
-    tether_stream_enable(c->bev, EV_READ);
-    arm(c, T_HEADER);
-    return;
-fail:
-    atomic_fetch_sub(&p->connections, 1);
-    if (c && c->bev)
-        tether_stream_free(c->bev);
-    else
-        close(fd);
-    free(c);
+    conn_start(c, NULL);
 }
 
 void conn_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -255,8 +297,10 @@ void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         break;
     case T_IDLE:
     case T_LINGER:
+    case T_HANDSHAKE: /* silent clients cost nothing past handshake_timeout */
         conn_free(c);
         return;
+    case T_PEEK:
     case T_NONE:
         break;
     }
@@ -297,8 +341,8 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     if (c->minor == 1)
         c->keepalive = !(req->flags & TETHER_HTTP_F_CONN_CLOSE);
     else
-        c->keepalive = (req->flags & TETHER_HTTP_F_CONN_KEEPALIVE) &&
-                       !(req->flags & TETHER_HTTP_F_CONN_CLOSE);
+        c->keepalive =
+            (req->flags & TETHER_HTTP_F_CONN_KEEPALIVE) && !(req->flags & TETHER_HTTP_F_CONN_CLOSE);
     if (w->stopping)
         c->keepalive = false;
     c->upgrade = c->minor == 1 && (req->flags & TETHER_HTTP_F_UPGRADE) &&
@@ -384,8 +428,8 @@ void conn_forward_request_body(struct conn *c)
             size_t take = 0;
             int done = 0;
             for (int i = 0; i < nv && !done; i++) {
-                ssize_t r = tether_http_chunked_scan(&c->req_chunk, v[i].iov_base, v[i].iov_len,
-                                                     &done);
+                ssize_t r =
+                    tether_http_chunked_scan(&c->req_chunk, v[i].iov_base, v[i].iov_len, &done);
                 if (r < 0) {
                     conn_error(c, 400, "malformed chunked request body");
                     return;
@@ -490,8 +534,14 @@ static void on_write(struct tether_stream *bev, void *arg)
 static void on_event(struct tether_stream *bev, short what, void *arg)
 {
     struct conn *c = arg;
-    if (what & BEV_EVENT_CONNECTED)
-        return; /* TLS handshake done */
+    if (what & BEV_EVENT_CONNECTED) {
+        /* TLS handshake done: now the request head has client_header. */
+        if (c->timer_mode == T_HANDSHAKE) {
+            disarm(c);
+            arm(c, T_HEADER);
+        }
+        return;
+    }
     if (c->state == C_LINGER) {
         conn_free(c);
         return;
@@ -568,7 +618,8 @@ void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *
     struct conn *c = TAILQ_FIRST(&w->conns);
     while (c) {
         struct conn *next = TAILQ_NEXT(c, link);
-        if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)
+        if (!c->bev ||
+            (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0))
             conn_free(c);
         else
             c->keepalive = false;

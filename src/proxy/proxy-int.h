@@ -21,6 +21,7 @@
 #include "tether/net.h"
 #include "tether/proxy.h"
 #include "tether/session.h"
+#include "tether/tls.h"
 
 /* Bytes queued toward a peer before we stop reading from the other side. */
 #define TETHER_PROXY_HIGH_WATER (256 * 1024)
@@ -46,6 +47,8 @@ enum conn_timer {
     T_HEADER,    /* client_header: the head must be complete by then */
     T_IDLE,      /* client_idle: keep-alive connection without a request */
     T_LINGER,
+    T_PEEK,      /* TLS listener: waiting for the first byte (the timer is an fd event) */
+    T_HANDSHAKE, /* handshake_timeout: the TLS handshake must be done by then */
 };
 
 enum up_state {
@@ -68,6 +71,8 @@ struct conn {
     enum conn_timer timer_mode;
     enum conn_state state;
     bool tls;
+    int fd;                      /* until the stream exists (TLS listeners peek first) */
+    size_t listen;               /* index in cfg->listens */
     char peer[46];
 
     /* The request in progress. */
@@ -116,6 +121,7 @@ struct upstream {
     TAILQ_ENTRY(upstream) link;
     struct tether_proxy_worker *w;
     struct tether_stream *bev;
+    SSL *ssl;                    /* borrowed from bev when the backend speaks TLS */
     struct conn *c;              /* NULL while pooled */
     int backend;
     enum up_state state;

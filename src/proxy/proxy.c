@@ -15,6 +15,19 @@
 #include "tether/util.h"
 #include "proxy-int.h"
 
+struct retired_tls {
+    struct retired_tls *next;
+    struct tether_tls_server *srv;
+    uint64_t at_ms;
+};
+
+static void log_errors(struct tether_config_errors *errs)
+{
+    for (size_t e = 0; e < errs->n; e++)
+        tether_log(errs->items[e].warning ? TETHER_LOG_WARN : TETHER_LOG_ERROR, "%s: %s",
+                   errs->items[e].key ? errs->items[e].key : "tls", errs->items[e].message);
+}
+
 struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
 {
     struct tether_proxy *p = calloc(1, sizeof(*p));
@@ -70,11 +83,25 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
             continue;
         struct tether_config_errors errs = {0};
         p->tls[i] = tether_tls_server_new(cfg, i, &errs);
-        for (size_t e = 0; e < errs.n; e++)
-            tether_log(errs.items[e].warning ? TETHER_LOG_WARN : TETHER_LOG_ERROR, "%s: %s",
-                       errs.items[e].key ? errs.items[e].key : "tls", errs.items[e].message);
+        log_errors(&errs);
         tether_config_errors_deinit(&errs);
         if (!p->tls[i])
+            goto fail;
+    }
+
+    p->tls_backends = calloc(cfg->nbackends, sizeof(*p->tls_backends));
+    if (!p->tls_backends)
+        goto fail;
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        if (!cfg->backends[i].tls)
+            continue;
+        struct tether_config_errors errs = {0};
+        p->tls_backends[i] = tether_tls_client_new(cfg, i, &errs);
+        for (size_t e = 0; e < errs.n; e++)
+            tether_log_error("%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
+                             errs.items[e].message);
+        tether_config_errors_deinit(&errs);
+        if (!p->tls_backends[i])
             goto fail;
     }
 
@@ -95,15 +122,79 @@ fail:
     return NULL;
 }
 
+int tether_proxy_reload_certificates(struct tether_proxy *p)
+{
+    const struct tether_config *cfg = p->cfg;
+    struct tether_tls_server **fresh = calloc(cfg->nlistens, sizeof(*fresh));
+    struct tether_config_errors errs = {0};
+    if (!fresh)
+        return -1;
+    uint64_t longest = 0;
+    int n = 0, bad = 0;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        if (!cfg->listens[i].tls)
+            continue;
+        if (cfg->listens[i].tls->handshake_timeout_ms > longest)
+            longest = cfg->listens[i].tls->handshake_timeout_ms;
+        fresh[i] = tether_tls_server_new(cfg, i, &errs);
+        bad |= !fresh[i];
+    }
+    log_errors(&errs);
+    tether_config_errors_deinit(&errs);
+    if (bad) {
+        for (size_t i = 0; i < cfg->nlistens; i++)
+            tether_tls_server_free(fresh[i]);
+        free(fresh);
+        return -1;
+    }
+    /* A handshake reads its context's certificate list (SNI) until it ends:
+       an old context goes once every handshake that may use it is over. */
+    uint64_t now = tether_now_ms();
+    struct retired_tls **rp = &p->retired;
+    while (*rp) {
+        struct retired_tls *r = *rp;
+        if (r->at_ms + 2 * longest + 1000 < now) {
+            *rp = r->next;
+            tether_tls_server_free(r->srv);
+            free(r);
+        } else {
+            rp = &r->next;
+        }
+    }
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        if (!fresh[i])
+            continue;
+        struct tether_tls_server *old = __atomic_exchange_n(&p->tls[i], fresh[i], __ATOMIC_ACQ_REL);
+        struct retired_tls *r = calloc(1, sizeof(*r));
+        if (r) {
+            *r = (struct retired_tls){.next = p->retired, .srv = old, .at_ms = now};
+            p->retired = r;
+        }
+        /* Without memory to remember it, the old context is kept for good. */
+        n++;
+    }
+    free(fresh);
+    return n;
+}
+
 void tether_proxy_free(struct tether_proxy *p)
 {
     if (!p)
         return;
+    while (p->retired) {
+        struct retired_tls *r = p->retired;
+        p->retired = r->next;
+        tether_tls_server_free(r->srv);
+        free(r);
+    }
     if (p->access_fd >= 0)
         close(p->access_fd);
     for (size_t i = 0; p->tls && i < p->cfg->nlistens; i++)
         tether_tls_server_free(p->tls[i]);
     free(p->tls);
+    for (size_t i = 0; p->tls_backends && i < p->nbackends; i++)
+        tether_tls_client_free(p->tls_backends[i]);
+    free(p->tls_backends);
     tether_ring_free(p->ring);
     tether_session_table_free(p->sessions);
     free(p->backends);

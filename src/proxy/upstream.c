@@ -124,7 +124,15 @@ int upstream_attach(struct conn *c)
         return -1;
     u->w = w;
     u->backend = c->backend;
-    u->bev = tether_stream_new(w->loop, -1);
+    struct tether_tls_client *tls = w->proxy->tls_backends[c->backend];
+    if (tls) {
+        u->ssl = tether_tls_client_ssl(tls);
+        u->bev = u->ssl ? tether_stream_new_tls(w->loop, -1, u->ssl, 0) : NULL;
+        if (!u->bev)
+            SSL_free(u->ssl);
+    } else {
+        u->bev = tether_stream_new(w->loop, -1);
+    }
     if (!u->bev) {
         free(u);
         return -1;
@@ -381,6 +389,14 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
     switch (u->state) {
     case U_CONNECTING: {
         bool timeout = what & BEV_EVENT_TIMEOUT;
+        const char *bad = u->ssl ? tether_tls_verify_error(u->ssl) : NULL;
+        if (bad) {
+            /* Trying again cannot help, and plaintext is never an option. */
+            tether_log_warn("backend %s: TLS certificate verification failed: %s", be->name, bad);
+            upstream_free(u);
+            conn_error(c, 502, "backend certificate verification failed");
+            return;
+        }
         atomic_fetch_add(&be->connect_failures, 1);
         tether_log_debug("backend %s: connect %s", be->name, timeout ? "timed out" : "failed");
         upstream_free(u);
@@ -398,8 +414,8 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         }
         /* A pooled connection the backend closed as we reused it: once, for
            a request that is safe to repeat and that we still hold whole. */
-        if (u->reused && !u->got_bytes && c->idempotent &&
-            c->req_body == TETHER_HTTP_BODY_NONE && !c->retried_reuse) {
+        if (u->reused && !u->got_bytes && c->idempotent && c->req_body == TETHER_HTTP_BODY_NONE &&
+            !c->retried_reuse) {
             c->retried_reuse = true;
             upstream_free(u);
             conn_upstream_failed(c, 502, "backend closed the connection", true);
