@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <pthread.h>
 
 #include "tether/config.h"
 
@@ -36,6 +37,14 @@ struct tether_backend {
     _Atomic int up;              /* 1 = may receive requests */
     _Atomic uint64_t requests;
     _Atomic uint64_t connect_failures;
+    _Atomic uint32_t passive_fails; /* consecutive failures seen by the data path */
+    _Atomic uint64_t moved;      /* sessions moved away from it */
+    /* Last transition, for operators; guarded by state_lock. */
+    pthread_mutex_t state_lock;
+    char reason[128];
+    uint64_t changed_ms;         /* wall clock */
+    uint64_t last_check_ms;      /* wall clock of the last active check */
+    bool last_check_ok;
 };
 
 struct tether_proxy {
@@ -70,6 +79,16 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg);
  * number of listeners reloaded, or -1. Thread: any (one caller at a time).
  */
 int tether_proxy_reload_certificates(struct tether_proxy *proxy);
+
+/*
+ * A placer: what the bounded-load pick needs (candidate scratch), usable
+ * from any one thread at a time. tether_placer_place is a
+ * tether_session_place_fn with the placer as ctx.
+ */
+struct tether_placer;
+struct tether_placer *tether_placer_new(struct tether_proxy *proxy);
+void tether_placer_free(struct tether_placer *pl);
+int tether_placer_place(void *placer, uint64_t hash, int prefer);
 
 /* Frees the proxy; accepts NULL. Every worker must be freed first. */
 void tether_proxy_free(struct tether_proxy *proxy);

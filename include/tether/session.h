@@ -37,6 +37,10 @@ struct tether_session_info {
     uint64_t requests;
     uint32_t inflight;              /* requests and tunnels open on it */
     bool provisional;               /* minted, not yet seen back: no load */
+    bool handoff;                   /* moved, and the new backend has not yet
+                                       answered a request with a non-5xx */
+    uint32_t moved_from;            /* the backend it last moved from (when handoff) */
+    uint32_t state_len;             /* bytes of the stored state blob */
 };
 
 struct tether_session_stats {
@@ -48,6 +52,7 @@ struct tether_session_stats {
     uint64_t ended;
     uint64_t state_bytes;           /* all stored blobs */
     uint64_t state_refused;         /* blobs refused for the budget */
+    uint64_t moved;
 };
 
 /*
@@ -131,6 +136,39 @@ int tether_session_end(struct tether_session_table *t, const char *key, size_t l
 int tether_session_set_state(struct tether_session_table *t, const char *key, size_t len,
                              uint64_t hash, uint32_t b, uint32_t epoch, const void *blob,
                              size_t blob_len);
+
+/*
+ * Moves (DESIGN.md "Moves"): re-place sessions of backend `from` with
+ * place(ctx, hash, -1); each move bumps the epoch, records `from` and
+ * starts a handoff. A session for which place() finds no backend keeps its
+ * binding. Provisional sessions move without a handoff.
+ * tether_session_move_backend: every session of `from`; returns how many
+ * moved. Work is proportional to that backend's sessions. Locks: each
+ * shard in turn, and the placement lock per move.
+ * tether_session_move: the one session of key, only if it is still on
+ * `from`. Returns its backend afterwards (moved or not), -ENOENT, or -1
+ * when it had to move and no backend could take it.
+ */
+size_t tether_session_move_backend(struct tether_session_table *t, uint32_t from,
+                                   tether_session_place_fn place, void *ctx);
+int tether_session_move(struct tether_session_table *t, const char *key, size_t len,
+                        uint64_t hash, uint32_t from, tether_session_place_fn place, void *ctx,
+                        struct tether_session_info *out);
+
+/*
+ * Copy the stored state blob of key into buf (at most cap bytes). Returns
+ * its length, 0 when there is none, or -ENOSPC when it does not fit.
+ * Lock: shard.
+ */
+int tether_session_state_copy(struct tether_session_table *t, const char *key, size_t len,
+                              uint64_t hash, char *buf, size_t cap);
+
+/*
+ * The new backend answered a request sent at (b, epoch) with a non-5xx:
+ * the handoff is complete. Fenced like tether_session_end(). Lock: shard.
+ */
+void tether_session_handoff_done(struct tether_session_table *t, const char *key, size_t len,
+                                 uint64_t hash, uint32_t b, uint32_t epoch);
 
 /* Read one session. Returns 0 and fills *out, or -ENOENT. Lock: shard. */
 int tether_session_get(struct tether_session_table *t, const char *key, size_t len,

@@ -49,13 +49,41 @@ struct tether_net {
     size_t nworkers;
 };
 
-static int bind_socket(const char *address)
+/*
+ * Workers share each address through SO_REUSEPORT, which would also let a
+ * second tetherd started by mistake take half the connections (and split
+ * every session table). A bind without the option first fails if anyone
+ * else holds the address.
+ */
+static int probe_free(const struct sockaddr_storage *ss, socklen_t len, const char *address)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1, rc = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss->ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)ss, len) < 0) {
+        rc = -errno;
+        tether_log_error("listen %s: %s", address, strerror(-rc));
+    }
+    close(fd);
+    return rc;
+}
+
+static int bind_socket(const char *address, bool first)
 {
     struct sockaddr_storage ss;
     socklen_t len;
     if (tether_sockaddr_parse(address, &ss, &len) < 0) {
         tether_log_error("listen %s: not an IP address", address);
         return -EINVAL;
+    }
+    if (first) {
+        int err = probe_free(&ss, len, address);
+        if (err < 0)
+            return err;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -157,7 +185,7 @@ static int worker_init(struct tether_net *net, struct worker *wk, int id)
         return -ENOMEM;
     wk->nlisteners = cfg->nlistens;
     for (size_t i = 0; i < cfg->nlistens; i++) {
-        int fd = bind_socket(cfg->listens[i].address);
+        int fd = bind_socket(cfg->listens[i].address, id == 0);
         if (fd < 0)
             return fd;
         struct listener *l = &wk->listeners[i];

@@ -8,9 +8,12 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/rand.h>
+
+#include <event2/buffer.h>
 
 #include "tether/lb.h"
 #include "tether/session.h"
@@ -98,32 +101,56 @@ static int find_key(const struct tether_config *cfg, const struct tether_http_re
     return 0;
 }
 
-/* Candidates for the bounded-load pick, in the calling worker's scratch. */
-static void candidates(struct tether_proxy_worker *w)
+struct tether_placer {
+    struct tether_proxy *proxy;
+    uint32_t *loads;
+    struct tether_lb_candidate *cands;
+};
+
+struct tether_placer *tether_placer_new(struct tether_proxy *p)
 {
-    struct tether_proxy *p = w->proxy;
-    tether_session_loads(p->sessions, w->scratch_inflight, p->nbackends);
-    for (size_t i = 0; i < p->nbackends; i++) {
-        struct tether_lb_candidate *cd = &w->cands[i];
-        cd->load = w->scratch_inflight[i];
-        cd->weight = p->backends[i].weight;
-        cd->cap = w->cfg->backends[i].max_sessions;
-        cd->usable = (unsigned char)atomic_load(&p->backends[i].up);
+    struct tether_placer *pl = calloc(1, sizeof(*pl));
+    if (!pl)
+        return NULL;
+    pl->proxy = p;
+    pl->loads = calloc(p->nbackends, sizeof(*pl->loads));
+    pl->cands = calloc(p->nbackends, sizeof(*pl->cands));
+    if (!pl->loads || !pl->cands) {
+        tether_placer_free(pl);
+        return NULL;
     }
+    return pl;
+}
+
+void tether_placer_free(struct tether_placer *pl)
+{
+    if (!pl)
+        return;
+    free(pl->loads);
+    free(pl->cands);
+    free(pl);
 }
 
 /* tether_session_place_fn: runs under the table's placement lock. */
-static int place(void *ctx, uint64_t hash, int prefer)
+int tether_placer_place(void *ctx, uint64_t hash, int prefer)
 {
-    struct tether_proxy_worker *w = ctx;
-    candidates(w);
+    struct tether_placer *pl = ctx;
+    struct tether_proxy *p = pl->proxy;
+    tether_session_loads(p->sessions, pl->loads, p->nbackends);
+    for (size_t i = 0; i < p->nbackends; i++) {
+        struct tether_lb_candidate *cd = &pl->cands[i];
+        cd->load = pl->loads[i];
+        cd->weight = p->backends[i].weight;
+        cd->cap = p->cfg->backends[i].max_sessions;
+        cd->usable = (unsigned char)atomic_load(&p->backends[i].up);
+    }
     if (prefer >= 0) {
-        const struct tether_lb_candidate *cd = &w->cands[prefer];
+        const struct tether_lb_candidate *cd = &pl->cands[prefer];
         if (cd->usable && (cd->cap == 0 || cd->load < cd->cap))
             return prefer;
     }
-    return tether_lb_bounded_pick(w->proxy->ring, hash, w->cands, w->proxy->nbackends,
-                                  w->cfg->balance.load_factor);
+    return tether_lb_bounded_pick(p->ring, hash, pl->cands, p->nbackends,
+                                  p->cfg->balance.load_factor);
 }
 
 static void mint(struct conn *c)
@@ -148,7 +175,7 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     size_t len;
 
     enum tether_session_source from = TETHER_SOURCE_HEADER;
-    c->session = c->minted = c->delete_learned = false;
+    c->session = c->minted = c->delete_learned = c->handoff = false;
     c->epoch = 0;
     c->has_key = false;
     int k = find_key(cfg, req, &key, &len, &from);
@@ -172,7 +199,7 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
         /* The response may name the session: place it like a new one. */
         uint64_t h;
         RAND_bytes((unsigned char *)&h, sizeof(h));
-        int b = place(w, h, -1);
+        int b = tether_placer_place(w->placer, h, -1);
         if (b < 0)
             *why = "every backend is at capacity";
         return b < 0 ? -503 : b;
@@ -187,7 +214,7 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     c->key_hash = tether_ring_hash(c->key, c->key_len);
     struct tether_session_info info;
     int rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash, tether_now_ms(),
-                                    flags, place, w, &info);
+                                    flags, tether_placer_place, w->placer, &info);
     if (rc == TETHER_SESSION_FULL) {
         *why = "every backend is at capacity";
         return -503;
@@ -198,7 +225,77 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     }
     c->session = true;
     c->epoch = info.epoch;
-    return (int)info.backend;
+    c->backend = (int)info.backend;
+    if (affinity_reroute(c) < 0) {
+        /* Every backend is down: the binding stays for when one is back. */
+        *why = "no backend available";
+        return -503;
+    }
+    return c->backend;
+}
+
+/*
+ * The request's backend is down (the mover may not have reached its
+ * session yet): follow the session's move now, or pick again for a request
+ * without a session. Sets c->backend (and the handoff it brings). Returns 0,
+ * or -1 when no backend can take it.
+ */
+int affinity_reroute(struct conn *c)
+{
+    struct tether_proxy_worker *w = c->w;
+    struct tether_proxy *p = w->proxy;
+    struct tether_session_info info;
+    int b = c->backend;
+    if (!c->session) {
+        if (atomic_load(&p->backends[b].up))
+            return 0;
+        b = proxy_pick_least(w);
+    } else {
+        if (tether_session_get(p->sessions, c->key, c->key_len, c->key_hash, &info) < 0)
+            return atomic_load(&p->backends[b].up) ? 0 : -1;
+        b = (int)info.backend;
+        if (!atomic_load(&p->backends[b].up))
+            b = tether_session_move(p->sessions, c->key, c->key_len, c->key_hash, info.backend,
+                                    tether_placer_place, w->placer, &info);
+        if (b >= 0 && !atomic_load(&p->backends[b].up))
+            b = -1;
+        if (b >= 0) {
+            c->epoch = info.epoch;
+            c->handoff = info.handoff;
+            c->moved_from = info.moved_from;
+        }
+    }
+    if (b < 0)
+        return -1;
+    c->backend = b;
+    return 0;
+}
+
+/* The session lines of the head sent upstream (the rest is in c->head). */
+void affinity_write_headers(struct conn *c, struct evbuffer *out)
+{
+    struct tether_proxy *p = c->w->proxy;
+    if (c->has_key) {
+        evbuffer_add_printf(out, "x-fc-session-id: %.*s\r\nx-fc-session-epoch: %u\r\n",
+                            (int)c->key_len, c->key, c->epoch);
+        if (c->handoff) {
+            /* Until the new home has answered one request without a 5xx. */
+            evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
+                                p->backends[c->moved_from].name);
+            char *state = malloc(c->w->cfg->session.state_max_bytes);
+            int n = state ? tether_session_state_copy(p->sessions, c->key, c->key_len,
+                                                      c->key_hash, state,
+                                                      c->w->cfg->session.state_max_bytes)
+                          : 0;
+            if (n > 0) {
+                evbuffer_add(out, "x-fc-session-state: ", 20);
+                evbuffer_add(out, state, (size_t)n);
+                evbuffer_add(out, "\r\n", 2);
+            }
+            free(state);
+        }
+    }
+    evbuffer_add(out, "\r\n", 2);
 }
 
 void affinity_release(struct conn *c)
@@ -244,6 +341,9 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
         return;
     if (c->delete_learned && ((res->status >= 200 && res->status < 300) || res->status == 404))
         end = true;
+    if (c->handoff && res->status < 500)
+        tether_session_handoff_done(p->sessions, c->key, c->key_len, c->key_hash,
+                                    (uint32_t)backend, c->epoch);
     if (end) {
         tether_session_end(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
                            c->epoch);

@@ -172,6 +172,25 @@ void conn_error(struct conn *c, int status, const char *what)
     close_gracefully(c);
 }
 
+/*
+ * A connect failed: try again if allowed, on the request's backend while it
+ * is up, else where its session moved (or, without a session, on another).
+ */
+void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool retryable)
+{
+    struct tether_proxy *p = c->w->proxy;
+    if (retryable && c->backend >= 0 && !atomic_load(&p->backends[c->backend].up)) {
+        int old = c->backend;
+        if (affinity_reroute(c) < 0) {
+            conn_error(c, 503, "no backend available");
+            return;
+        }
+        atomic_fetch_sub(&p->backends[old].inflight, 1);
+        atomic_fetch_add(&p->backends[c->backend].inflight, 1);
+    }
+    conn_upstream_failed(c, status, what, retryable);
+}
+
 void conn_upstream_failed(struct conn *c, int status, const char *what, bool retryable)
 {
     if (retryable && upstream_attach(c) == 0)
@@ -575,10 +594,10 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->pools = calloc(proxy->nbackends, sizeof(*w->pools));
     w->scratch_inflight = calloc(proxy->nbackends, sizeof(*w->scratch_inflight));
     w->scratch_up = calloc(proxy->nbackends, sizeof(*w->scratch_up));
-    w->cands = calloc(proxy->nbackends, sizeof(*w->cands));
+    w->placer = tether_placer_new(proxy);
     w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
     struct timeval second = {1, 0};
-    if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->cands || !w->sweep ||
+    if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->placer || !w->sweep ||
         event_add(w->sweep, &second) < 0) {
         tether_proxy_worker_free(w);
         return NULL;
@@ -600,7 +619,7 @@ void tether_proxy_worker_free(struct tether_proxy_worker *w)
     free(w->pools);
     free(w->scratch_inflight);
     free(w->scratch_up);
-    free(w->cands);
+    tether_placer_free(w->placer);
     if (w->sweep)
         event_free(w->sweep);
     tether_stream_loop_free(w->loop);

@@ -103,6 +103,8 @@ struct conn {
     bool session;                /* acquired in the table: release at the end */
     bool minted;                 /* a new key: set the cookie on the response */
     bool delete_learned;         /* DELETE with the learn header: 2xx/404 ends it */
+    bool handoff;                /* moved: send the state and moved-from */
+    uint32_t moved_from;
 
     /* For the access log. */
     char method[16];
@@ -151,7 +153,7 @@ struct tether_proxy_worker {
     size_t nconns;
     struct pool *pools;          /* one per backend */
     uint32_t *scratch_inflight;  /* per backend, for the least-in-flight pick */
-    struct tether_lb_candidate *cands; /* per backend, for the bounded-load pick */
+    struct tether_placer *placer; /* for the bounded-load pick */
     struct event *sweep;         /* session expiry for this worker's shards */
     unsigned char *scratch_up;
     bool stopping;
@@ -167,6 +169,7 @@ void conn_error(struct conn *c, int status, const char *what);
 void conn_abort(struct conn *c);
 void conn_start_tunnel(struct conn *c);
 void conn_upstream_failed(struct conn *c, int status, const char *what, bool retryable);
+void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool retryable);
 void conn_on_timer(evutil_socket_t fd, short what, void *arg);
 
 /* upstream.c */
@@ -194,5 +197,7 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
 void affinity_release(struct conn *c);
 void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res);
 int affinity_set_cookie(const struct conn *c, char *buf, size_t cap);
+int affinity_reroute(struct conn *c);
+void affinity_write_headers(struct conn *c, struct evbuffer *out);
 
 #endif

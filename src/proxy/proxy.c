@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -49,6 +50,9 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
         b->weight = cb->weight;
         p->weights[i] = cb->weight;
         atomic_store(&b->up, 1);
+        pthread_mutex_init(&b->state_lock, NULL);
+        snprintf(b->reason, sizeof(b->reason), "configured");
+        b->changed_ms = tether_wall_ms();
         if (tether_sockaddr_parse(cb->address, &b->addr, &b->addrlen) < 0) {
             tether_log_error("backend %s: cannot use address %s", cb->name, cb->address);
             goto fail;

@@ -78,10 +78,9 @@ static char *put(char *p, const char *s, size_t n)
 
 int rewrite_request(struct conn *c, const struct tether_http_request *req)
 {
-    size_t key_len = c->has_key ? c->key_len : 0;
     const struct tether_http_header *h = req->headers;
     size_t nh = req->num_headers;
-    size_t need = req->method_len + req->target_len + 64 + key_len + req->host_len * 2 + 256;
+    size_t need = req->method_len + req->target_len + req->host_len * 2 + 256;
     for (size_t i = 0; i < nh; i++)
         need += h[i].name_len + h[i].value_len + 4;
     if (need > c->head_cap) {
@@ -127,14 +126,6 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (c->minor == 0)
         p = PUTS(p, "Connection: close\r\n");
-    if (c->has_key) {
-        p = PUTS(p, "x-fc-session-id: ");
-        p = put(p, c->key, key_len);
-        p = PUTS(p, "\r\nx-fc-session-epoch: ");
-        char num[16];
-        p = put(p, num, (size_t)snprintf(num, sizeof(num), "%u", c->epoch));
-        p = PUTS(p, "\r\n");
-    }
     p = PUTS(p, "X-Forwarded-For: ");
     for (size_t i = 0; i < nxff; i++) {
         p = put(p, xff[i]->value, xff[i]->value_len);
@@ -148,7 +139,8 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
         p = put(p, req->host, req->host_len);
         p = PUTS(p, "\r\n");
     }
-    p = PUTS(p, "\r\n");
+    /* The session lines and the final CRLF are added per attempt
+       (affinity_write_headers): a retry may go to another backend. */
     c->head_len = (size_t)(p - c->head);
     return 0;
 }

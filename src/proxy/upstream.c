@@ -14,6 +14,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h> /* BEV_EVENT_* */
 
+#include "tether/health.h"
 #include "tether/net.h"
 #include "tether/util.h"
 #include "proxy-int.h"
@@ -96,7 +97,9 @@ void upstream_start_request(struct upstream *u)
     tether_stream_set_timeouts(u->bev, &rt, &wt);
     tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
     tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
-    evbuffer_add(tether_stream_get_output(u->bev), c->head, c->head_len);
+    struct evbuffer *out = tether_stream_get_output(u->bev);
+    evbuffer_add(out, c->head, c->head_len);
+    affinity_write_headers(c, out);
     tether_stream_enable(u->bev, EV_READ | EV_WRITE);
     c->t_upstream = tether_now_us();
     atomic_fetch_add(&u->w->proxy->backends[u->backend].requests, 1);
@@ -272,6 +275,10 @@ static void read_head(struct upstream *u)
 
         c->status = res.status;
         c->t_first_byte = tether_now_us();
+        if (res.status >= 500 && u->w->cfg->health.passive_5xx)
+            tether_health_passive_failure(u->w->proxy, (uint32_t)u->backend, "5xx response");
+        else
+            tether_health_passive_success(u->w->proxy, (uint32_t)u->backend);
         affinity_on_response(c, u->backend, &res);
         u->body = res.body;
         if (c->head_method || res.status == 204 || res.status == 304)
@@ -400,8 +407,11 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         atomic_fetch_add(&be->connect_failures, 1);
         tether_log_debug("backend %s: connect %s", be->name, timeout ? "timed out" : "failed");
         upstream_free(u);
-        /* Nothing reached the backend: any method may be tried again. */
-        conn_upstream_failed(c, timeout ? 503 : 502,
+        tether_health_passive_failure(c->w->proxy, (uint32_t)c->backend,
+                                      timeout ? "connect timed out" : "connect failed");
+        /* Nothing reached the backend: any method may be tried again, on the
+           same backend while it is up, else where its session moved. */
+        conn_retry_elsewhere(c, timeout ? 503 : 502,
                              timeout ? "backend connect timed out" : "backend connection failed",
                              c->attempts <= c->w->cfg->retries);
         return;
@@ -409,6 +419,7 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
     case U_HEAD:
         if (what & BEV_EVENT_TIMEOUT) {
             upstream_free(u);
+            tether_health_passive_failure(c->w->proxy, (uint32_t)c->backend, "response timed out");
             conn_error(c, 504, "backend response timed out");
             return;
         }
@@ -422,6 +433,8 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
             return;
         }
         upstream_free(u);
+        tether_health_passive_failure(c->w->proxy, (uint32_t)c->backend,
+                                      "closed before responding");
         conn_error(c, 502, "backend closed the connection before responding");
         return;
     case U_BODY:

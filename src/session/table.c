@@ -29,8 +29,10 @@ struct rec {
     uint32_t backend;
     uint32_t epoch;
     uint32_t inflight;
+    uint32_t moved_from;
     uint16_t keylen;
     uint8_t provisional;
+    uint8_t handoff;
     char key[];
 };
 
@@ -269,6 +271,9 @@ static void fill(const struct rec *r, struct tether_session_info *out)
     out->requests = r->requests;
     out->inflight = r->inflight;
     out->provisional = r->provisional;
+    out->handoff = r->handoff;
+    out->moved_from = r->moved_from;
+    out->state_len = r->state_len;
 }
 
 /* Insert a new record; the caller holds the shard lock and has counted its load. */
@@ -474,6 +479,105 @@ int tether_session_end(struct tether_session_table *t, const char *key, size_t l
     return rc;
 }
 
+/* Re-place r (on `from`) with place(); the caller holds the shard lock. 1 moved, 0 stayed. */
+static int move_rec(struct tether_session_table *t, struct shard *sh, struct rec *r,
+                    tether_session_place_fn place, void *ctx)
+{
+    pthread_mutex_lock(&t->place_lock);
+    int b = place(ctx, r->hash, -1);
+    struct rec_list *bl = (b >= 0 && b < TETHER_SESSION_MAX_BACKENDS && (uint32_t)b != r->backend)
+                              ? backend_list(sh, (uint32_t)b)
+                              : NULL;
+    if (!bl) {
+        pthread_mutex_unlock(&t->place_lock);
+        return 0;
+    }
+    if (!r->provisional) {
+        atomic_fetch_sub(&t->loads[r->backend], 1);
+        atomic_fetch_add(&t->loads[b], 1);
+        r->handoff = 1;
+    }
+    pthread_mutex_unlock(&t->place_lock);
+    TAILQ_REMOVE(&sh->backends[r->backend], r, by_backend);
+    TAILQ_INSERT_TAIL(bl, r, by_backend);
+    r->moved_from = r->backend;
+    r->backend = (uint32_t)b;
+    r->epoch++;
+    sh->stats.moved++;
+    return 1;
+}
+
+size_t tether_session_move_backend(struct tether_session_table *t, uint32_t from,
+                                   tether_session_place_fn place, void *ctx)
+{
+    size_t moved = 0;
+    for (size_t i = 0; i < t->nshards; i++) {
+        struct shard *sh = &t->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        if (from < sh->nbackends) {
+            /* Each record either leaves the list or stays put: walk with a saved next. */
+            struct rec *r = TAILQ_FIRST(&sh->backends[from]);
+            while (r) {
+                struct rec *next = TAILQ_NEXT(r, by_backend);
+                moved += (size_t)move_rec(t, sh, r, place, ctx);
+                r = next;
+            }
+        }
+        pthread_mutex_unlock(&sh->lock);
+    }
+    return moved;
+}
+
+int tether_session_move(struct tether_session_table *t, const char *key, size_t len,
+                        uint64_t hash, uint32_t from, tether_session_place_fn place, void *ctx,
+                        struct tether_session_info *out)
+{
+    struct shard *sh = shard_of(t, hash);
+    int rc;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (!r) {
+        rc = -ENOENT;
+    } else if (r->backend != from || move_rec(t, sh, r, place, ctx)) {
+        rc = (int)r->backend;
+        fill(r, out);
+    } else {
+        rc = -1;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_state_copy(struct tether_session_table *t, const char *key, size_t len,
+                              uint64_t hash, char *buf, size_t cap)
+{
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r && r->state_len) {
+        if (r->state_len > cap) {
+            rc = -ENOSPC;
+        } else {
+            memcpy(buf, r->state, r->state_len);
+            rc = (int)r->state_len;
+        }
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+void tether_session_handoff_done(struct tether_session_table *t, const char *key, size_t len,
+                                 uint64_t hash, uint32_t b, uint32_t epoch)
+{
+    struct shard *sh = shard_of(t, hash);
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r && r->backend == b && r->epoch == epoch)
+        r->handoff = 0;
+    pthread_mutex_unlock(&sh->lock);
+}
+
 int tether_session_set_state(struct tether_session_table *t, const char *key, size_t len,
                              uint64_t hash, uint32_t b, uint32_t epoch, const void *blob,
                              size_t blob_len)
@@ -584,6 +688,7 @@ void tether_session_stats(struct tether_session_table *t, struct tether_session_
         out->expired += sh->stats.expired;
         out->evicted += sh->stats.evicted;
         out->ended += sh->stats.ended;
+        out->moved += sh->stats.moved;
         pthread_mutex_unlock(&sh->lock);
     }
     out->state_bytes = atomic_load(&t->state_bytes);
