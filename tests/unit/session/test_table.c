@@ -688,6 +688,122 @@ START_TEST(test_lifetime_after_release_with_younger_neighbour)
 }
 END_TEST
 
+/* ---- moves ---- */
+
+START_TEST(test_move_backend_moves_only_its_sessions)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 4);
+    struct stub s;
+    struct tether_session_info in;
+    char k[16];
+
+    stub_init(&s, 0);
+    for (int i = 0; i < 20; i++) {
+        snprintf(k, sizeof(k), "on0-%d", i);
+        ck_assert_int_eq(acq(t, k, 0, 0, &s, &in), TETHER_SESSION_CREATED);
+        rel(t, k, 0);
+    }
+    s.answer = 1;
+    for (int i = 0; i < 10; i++) {
+        snprintf(k, sizeof(k), "on1-%d", i);
+        ck_assert_int_eq(acq(t, k, 0, 0, &s, &in), TETHER_SESSION_CREATED);
+        rel(t, k, 0);
+    }
+    ck_assert_int_eq(acq(t, "prov", 0, TETHER_SESSION_PROVISIONAL, &s, &in),
+                     TETHER_SESSION_CREATED);
+    rel(t, "prov", 0);
+    ck_assert_int_eq(tether_session_set_state(t, "on1-3", 5, hash_of("on1-3"), 1, 1, "count=3", 7),
+                     0);
+
+    /* backend 1 goes: everything on it lands on 2, nothing else moves */
+    s.answer = 2;
+    ck_assert_uint_eq(tether_session_move_backend(t, 1, stub_place, &s), 11);
+    ck_assert_uint_eq(tether_session_load(t, 0), 20);
+    ck_assert_uint_eq(tether_session_load(t, 1), 0);
+    ck_assert_uint_eq(tether_session_load(t, 2), 10);
+    for (int i = 0; i < 20; i++) {
+        snprintf(k, sizeof(k), "on0-%d", i);
+        ck_assert_int_eq(get(t, k, &in), 0);
+        ck_assert_uint_eq(in.backend, 0);
+        ck_assert_uint_eq(in.epoch, 1);
+        ck_assert(!in.handoff);
+    }
+    for (int i = 0; i < 10; i++) {
+        snprintf(k, sizeof(k), "on1-%d", i);
+        ck_assert_int_eq(get(t, k, &in), 0);
+        ck_assert_uint_eq(in.backend, 2);
+        ck_assert_uint_eq(in.epoch, 2);
+        ck_assert(in.handoff);
+        ck_assert_uint_eq(in.moved_from, 1);
+    }
+    /* a provisional session moves, without a handoff, and still no load */
+    ck_assert_int_eq(get(t, "prov", &in), 0);
+    ck_assert_uint_eq(in.backend, 2);
+    ck_assert(!in.handoff);
+    ck_assert(in.provisional);
+    /* the state survives the move and is what the new home will get */
+    char buf[32];
+    ck_assert_int_eq(tether_session_state_copy(t, "on1-3", 5, hash_of("on1-3"), buf, sizeof(buf)),
+                     7);
+    ck_assert(memcmp(buf, "count=3", 7) == 0);
+    ck_assert_int_eq(tether_session_state_copy(t, "on1-3", 5, hash_of("on1-3"), buf, 3), -ENOSPC);
+    ck_assert_uint_eq(stats(t).moved, 11);
+    tether_session_table_free(t);
+}
+END_TEST
+
+START_TEST(test_move_without_a_home_keeps_the_binding)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct stub s;
+    struct tether_session_info in;
+
+    stub_init(&s, 3);
+    ck_assert_int_eq(acq(t, "k", 0, 0, &s, &in), TETHER_SESSION_CREATED);
+    rel(t, "k", 0);
+    s.answer = -1; /* every backend down */
+    ck_assert_uint_eq(tether_session_move_backend(t, 3, stub_place, &s), 0);
+    ck_assert_int_eq(tether_session_move(t, "k", 1, hash_of("k"), 3, stub_place, &s, &in), -1);
+    ck_assert_int_eq(get(t, "k", &in), 0);
+    ck_assert_uint_eq(in.backend, 3);
+    ck_assert_uint_eq(in.epoch, 1);
+    ck_assert_uint_eq(tether_session_load(t, 3), 1);
+    tether_session_table_free(t);
+}
+END_TEST
+
+START_TEST(test_move_one_is_fenced_and_handoff_completes)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct stub s;
+    struct tether_session_info in;
+
+    stub_init(&s, 0);
+    ck_assert_int_eq(acq(t, "k", 0, 0, &s, &in), TETHER_SESSION_CREATED);
+    rel(t, "k", 0);
+    /* not on backend 5: nothing moves, the answer is where it is */
+    ck_assert_int_eq(tether_session_move(t, "k", 1, hash_of("k"), 5, stub_place, &s, &in), 0);
+    ck_assert_uint_eq(in.epoch, 1);
+    s.answer = 1;
+    ck_assert_int_eq(tether_session_move(t, "k", 1, hash_of("k"), 0, stub_place, &s, &in), 1);
+    ck_assert_uint_eq(in.epoch, 2);
+    ck_assert(in.handoff);
+    ck_assert_int_eq(tether_session_move(t, "nope", 4, hash_of("nope"), 0, stub_place, &s, &in),
+                     -ENOENT);
+    /* a late answer from the old home (backend 0, epoch 1) changes nothing */
+    tether_session_handoff_done(t, "k", 1, hash_of("k"), 0, 1);
+    ck_assert_int_eq(get(t, "k", &in), 0);
+    ck_assert(in.handoff);
+    ck_assert_int_eq(tether_session_set_state(t, "k", 1, hash_of("k"), 0, 1, "x", 1), -ESTALE);
+    ck_assert_int_eq(tether_session_end(t, "k", 1, hash_of("k"), 0, 1), -ESTALE);
+    /* the new home's answer completes it */
+    tether_session_handoff_done(t, "k", 1, hash_of("k"), 1, 2);
+    ck_assert_int_eq(get(t, "k", &in), 0);
+    ck_assert(!in.handoff);
+    tether_session_table_free(t);
+}
+END_TEST
+
 /* ---- the table budget ---- */
 
 START_TEST(test_budget_evicts_lru_idle)
@@ -1013,6 +1129,9 @@ static Suite *table_suite(void)
     tcase_add_test(tc, test_budget_evicts_lru_idle);
     tcase_add_test(tc, test_budget_all_inflight);
     tcase_add_test(tc, test_stats_add_up);
+    tcase_add_test(tc, test_move_backend_moves_only_its_sessions);
+    tcase_add_test(tc, test_move_without_a_home_keeps_the_binding);
+    tcase_add_test(tc, test_move_one_is_fenced_and_handoff_completes);
     suite_add_tcase(s, tc);
 
     TCase *mt = tcase_create("threads");
