@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "tether/config.h"
+#include "tether/health.h"
 #include "tether/net.h"
 #include "tether/proxy.h"
 #include "tether/tls.h"
@@ -25,6 +26,7 @@ struct daemon {
     struct tether_config *cfg;
     struct tether_proxy *proxy;
     struct tether_net *net;
+    struct tether_health *health;
 };
 
 static void usage(FILE *out)
@@ -172,12 +174,20 @@ int main(int argc, char **argv)
         tether_net_join(d.net);
         goto out_sigs;
     }
+    d.health = tether_health_start(d.proxy);
+    if (!d.health) {
+        tether_net_stop(d.net);
+        tether_net_join(d.net);
+        goto out_sigs;
+    }
     tether_log_info("tetherd %s started: %u worker%s, %zu listener%s, %zu backend%s",
                     TETHER_VERSION_STRING, cfg->workers, cfg->workers == 1 ? "" : "s",
                     cfg->nlistens, cfg->nlistens == 1 ? "" : "s", cfg->nbackends,
                     cfg->nbackends == 1 ? "" : "s");
     event_base_dispatch(d.base);
 
+    /* No checks, hence no moves, while the workers drain. */
+    tether_health_stop(d.health);
     tether_net_stop(d.net);
     join_within(d.net, cfg->shutdown_timeout_ms);
     tether_log_info("stopped");
