@@ -18,6 +18,8 @@
 #include "tether/health.h"
 #include "tether/net.h"
 #include "tether/proxy.h"
+#include "tether/session.h"
+#include "tether/state.h"
 #include "tether/tls.h"
 #include "tether/util.h"
 
@@ -27,7 +29,28 @@ struct daemon {
     struct tether_proxy *proxy;
     struct tether_net *net;
     struct tether_health *health;
+    const char **names; /* backend names by index, for snapshots */
 };
+
+/* Save the session table if a snapshot file is configured; logs the outcome. */
+static void snapshot_save(struct daemon *d, bool final)
+{
+    const char *path = d->cfg->state.snapshot;
+    if (!path[0] || !d->names)
+        return;
+    long n = tether_state_snapshot_save(path, d->proxy->sessions, d->names, d->cfg->nbackends);
+    if (n < 0)
+        tether_log_error("snapshot %s: not saved: %s", path, strerror((int)-n));
+    else if (final)
+        tether_log_info("snapshot %s: %ld session%s saved", path, n, n == 1 ? "" : "s");
+    else
+        tether_log_debug("snapshot %s: %ld sessions saved", path, n);
+}
+
+static void on_snapshot(evutil_socket_t fd, short what, void *arg)
+{
+    snapshot_save(arg, false);
+}
 
 static void usage(FILE *out)
 {
@@ -147,6 +170,25 @@ int main(int argc, char **argv)
     int rc = 1;
     d.base = event_base_new();
     d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
+    if (cfg->state.store == TETHER_STORE_REDIS) {
+        tether_log_error("state.store: redis is not available in this version; use memory");
+        goto out;
+    }
+    if (d.proxy && cfg->state.snapshot[0]) {
+        d.names = calloc(cfg->nbackends, sizeof(*d.names));
+        if (!d.names)
+            goto out;
+        for (size_t i = 0; i < cfg->nbackends; i++)
+            d.names[i] = cfg->backends[i].name;
+        char why[128];
+        long n = tether_state_snapshot_load(cfg->state.snapshot, d.proxy->sessions, d.names,
+                                            cfg->nbackends, why, sizeof(why));
+        if (n < 0)
+            tether_log_error("snapshot %s: ignored: %s", cfg->state.snapshot, why);
+        else if (n > 0)
+            tether_log_info("snapshot %s: %ld session%s loaded", cfg->state.snapshot, n,
+                            n == 1 ? "" : "s");
+    }
     d.net = d.proxy ? tether_net_new(d.proxy) : NULL;
     if (!d.net)
         goto out;
@@ -158,7 +200,15 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < 3; i++)
         if (sigs[i])
             evsignal_add(sigs[i], NULL);
-    struct event *rotation = NULL;
+    struct event *rotation = NULL, *snapshots = NULL;
+    if (d.names) {
+        uint64_t ms = cfg->state.snapshot_interval_ms;
+        struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
+                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+        snapshots = event_new(d.base, -1, EV_PERSIST, on_snapshot, &d);
+        if (snapshots)
+            event_add(snapshots, &tv);
+    }
     uint64_t rot = ticket_rotation_ms(cfg);
     if (rot) {
         struct timeval tv = {.tv_sec = (time_t)(rot / 1000),
@@ -190,11 +240,14 @@ int main(int argc, char **argv)
     tether_health_stop(d.health);
     tether_net_stop(d.net);
     join_within(d.net, cfg->shutdown_timeout_ms);
+    snapshot_save(&d, true);
     tether_log_info("stopped");
     rc = 0;
 out_sigs:
     if (rotation)
         event_free(rotation);
+    if (snapshots)
+        event_free(snapshots);
     for (size_t i = 0; i < 3; i++)
         if (sigs[i])
             event_free(sigs[i]);
@@ -203,6 +256,7 @@ out:
     tether_proxy_free(d.proxy);
     if (d.base)
         event_base_free(d.base);
+    free(d.names);
     tether_config_free(cfg);
     return rc;
 }

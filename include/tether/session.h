@@ -170,6 +170,32 @@ int tether_session_state_copy(struct tether_session_table *t, const char *key, s
 void tether_session_handoff_done(struct tether_session_table *t, const char *key, size_t len,
                                  uint64_t hash, uint32_t b, uint32_t epoch);
 
+/* One record as snapshots see it: views valid during the callback only. */
+struct tether_session_view {
+    const char *key;
+    size_t key_len;
+    struct tether_session_info info;  /* times on the tether_now_ms() clock */
+    const void *state;
+    size_t state_len;
+};
+
+/*
+ * Call fn for every record of shard i, under that shard's lock (fn must not
+ * call into the table). Stops early and returns fn's value when it is not
+ * 0; else returns 0.
+ */
+int tether_session_export(struct tether_session_table *t, size_t i,
+                          int (*fn)(void *ctx, const struct tether_session_view *v), void *ctx);
+
+/*
+ * Insert a record as it was (a snapshot being loaded): binding, epoch,
+ * times, handoff and state are taken as given; live records count as load.
+ * A key already present is left alone. Returns 0, -EEXIST, -ENOMEM.
+ * Lock: shard, placement.
+ */
+int tether_session_import(struct tether_session_table *t, const struct tether_session_view *v,
+                          uint64_t hash);
+
 /* Read one session. Returns 0 and fills *out, or -ENOENT. Lock: shard. */
 int tether_session_get(struct tether_session_table *t, const char *key, size_t len,
                        uint64_t hash, struct tether_session_info *out);

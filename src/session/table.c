@@ -528,8 +528,8 @@ size_t tether_session_move_backend(struct tether_session_table *t, uint32_t from
     return moved;
 }
 
-int tether_session_move(struct tether_session_table *t, const char *key, size_t len,
-                        uint64_t hash, uint32_t from, tether_session_place_fn place, void *ctx,
+int tether_session_move(struct tether_session_table *t, const char *key, size_t len, uint64_t hash,
+                        uint32_t from, tether_session_place_fn place, void *ctx,
                         struct tether_session_info *out)
 {
     struct shard *sh = shard_of(t, hash);
@@ -608,6 +608,72 @@ int tether_session_set_state(struct tether_session_table *t, const char *key, si
         }
     }
     pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_export(struct tether_session_table *t, size_t i,
+                          int (*fn)(void *ctx, const struct tether_session_view *v), void *ctx)
+{
+    struct shard *sh = &t->shards[i];
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r;
+    TAILQ_FOREACH(r, &sh->age, age)
+    {
+        struct tether_session_view v = {
+            .key = r->key, .key_len = r->keylen, .state = r->state, .state_len = r->state_len};
+        fill(r, &v.info);
+        rc = fn(ctx, &v);
+        if (rc)
+            break;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+int tether_session_import(struct tether_session_table *t, const struct tether_session_view *v,
+                          uint64_t hash)
+{
+    const struct tether_session_info *in = &v->info;
+    if (in->backend >= TETHER_SESSION_MAX_BACKENDS || v->key_len == 0 ||
+        v->key_len > TETHER_SESSION_MAX_KEY)
+        return -EINVAL;
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    void *state = NULL;
+    if (v->state_len) {
+        state = malloc(v->state_len);
+        if (!state)
+            return -ENOMEM;
+        memcpy(state, v->state, v->state_len);
+    }
+    pthread_mutex_lock(&sh->lock);
+    if (find(sh, v->key, v->key_len, hash)) {
+        rc = -EEXIST;
+        goto out;
+    }
+    pthread_mutex_lock(&t->place_lock);
+    struct rec *r =
+        insert(t, sh, v->key, v->key_len, hash, in->backend, in->provisional, in->created_ms);
+    if (r && !in->provisional)
+        atomic_fetch_add(&t->loads[in->backend], 1);
+    pthread_mutex_unlock(&t->place_lock);
+    if (!r) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    r->last_seen_ms = in->last_seen_ms;
+    r->requests = in->requests;
+    r->epoch = in->epoch;
+    r->handoff = in->handoff;
+    r->moved_from = in->moved_from;
+    r->state = state;
+    r->state_len = (uint32_t)v->state_len;
+    atomic_fetch_add(&t->state_bytes, v->state_len);
+    state = NULL;
+out:
+    pthread_mutex_unlock(&sh->lock);
+    free(state);
     return rc;
 }
 
