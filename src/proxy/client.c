@@ -98,6 +98,8 @@ static void conn_free(struct conn *c)
     w->nconns--;
     atomic_fetch_sub(&w->proxy->connections, 1);
     free(c->head);
+    if (c->held)
+        evbuffer_free(c->held);
     free(c);
     maybe_drained(w);
 }
@@ -349,6 +351,9 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     c->resp_started = c->resp_done = c->close_after = false;
     c->attempts = 0;
     c->retried_reuse = false;
+    c->hold_body = false;
+    if (c->held)
+        evbuffer_drain(c->held, evbuffer_get_length(c->held));
     size_t ml = req->method_len < sizeof(c->method) - 1 ? req->method_len : sizeof(c->method) - 1;
     memcpy(c->method, req->method, ml);
     c->method[ml] = '\0';
@@ -393,6 +398,9 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     c->req_left = req->content_length;
     tether_http_chunked_init(&c->req_chunk);
     c->req_done = req->body == TETHER_HTTP_BODY_NONE;
+    c->hold_body =
+        c->idempotent && !c->req_done && cfg->retry_body_bytes > 0 &&
+        (req->body == TETHER_HTTP_BODY_CHUNKED || req->content_length <= cfg->retry_body_bytes);
     if (upstream_attach(c) < 0)
         conn_error(c, 502, "backend connection failed");
 }
@@ -425,6 +433,37 @@ static void parse_next(struct conn *c)
     start_request(c, &req, (size_t)r);
 }
 
+/*
+ * Keep a copy of the next n body bytes while the request could still be
+ * replayed (an idempotent method, at most retry_body_bytes in all): a
+ * pooled connection the backend closed as we reused it is retried once.
+ */
+static void hold(struct conn *c, struct evbuffer *in, size_t n)
+{
+    if (!c->hold_body || n == 0)
+        return;
+    if (!c->held)
+        c->held = evbuffer_new();
+    if (!c->held || evbuffer_get_length(c->held) + n > c->w->cfg->retry_body_bytes) {
+        c->hold_body = false;
+        if (c->held)
+            evbuffer_drain(c->held, evbuffer_get_length(c->held));
+        return;
+    }
+    char buf[4096];
+    struct evbuffer_ptr at;
+    evbuffer_ptr_set(in, &at, 0, EVBUFFER_PTR_SET);
+    while (n > 0) {
+        size_t k = n < sizeof(buf) ? n : sizeof(buf);
+        ev_ssize_t got = evbuffer_copyout_from(in, &at, buf, k);
+        if (got <= 0)
+            break;
+        evbuffer_add(c->held, buf, (size_t)got);
+        evbuffer_ptr_set(in, &at, (size_t)got, EVBUFFER_PTR_ADD);
+        n -= (size_t)got;
+    }
+}
+
 void conn_forward_request_body(struct conn *c)
 {
     if (c->req_done || !c->up)
@@ -435,6 +474,7 @@ void conn_forward_request_body(struct conn *c)
         size_t n = evbuffer_get_length(in);
         if (n > c->req_left)
             n = (size_t)c->req_left;
+        hold(c, in, n);
         evbuffer_remove_buffer(in, out, n);
         c->req_left -= n;
         c->req_done = c->req_left == 0;
@@ -459,6 +499,7 @@ void conn_forward_request_body(struct conn *c)
                 conn_error(c, 413, "request body larger than the limit");
                 return;
             }
+            hold(c, in, take);
             evbuffer_remove_buffer(in, out, take);
             c->req_done = done;
         }
@@ -597,8 +638,8 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->placer = tether_placer_new(proxy);
     w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
     struct timeval second = {1, 0};
-    if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->placer || !w->sweep ||
-        event_add(w->sweep, &second) < 0) {
+    if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->placer ||
+        !w->sweep || event_add(w->sweep, &second) < 0) {
         tether_proxy_worker_free(w);
         return NULL;
     }

@@ -90,6 +90,8 @@ struct conn {
     int backend;                 /* index in proxy->backends */
     unsigned attempts;           /* connect attempts made for this request */
     bool retried_reuse;          /* already retried after a reused connection died */
+    bool hold_body;              /* body bytes sent are kept in held, for that retry */
+    struct evbuffer *held;
     bool resp_started;           /* a byte of the response reached the client output */
     bool resp_done;
     bool close_after;            /* close once the response is complete */

@@ -100,6 +100,9 @@ void upstream_start_request(struct upstream *u)
     struct evbuffer *out = tether_stream_get_output(u->bev);
     evbuffer_add(out, c->head, c->head_len);
     affinity_write_headers(c, out);
+    /* A replay after a reused connection died: the body sent so far first. */
+    if (c->held && evbuffer_get_length(c->held) > 0)
+        evbuffer_add_buffer(out, c->held);
     tether_stream_enable(u->bev, EV_READ | EV_WRITE);
     c->t_upstream = tether_now_us();
     atomic_fetch_add(&u->w->proxy->backends[u->backend].requests, 1);
@@ -425,8 +428,8 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         }
         /* A pooled connection the backend closed as we reused it: once, for
            a request that is safe to repeat and that we still hold whole. */
-        if (u->reused && !u->got_bytes && c->idempotent && c->req_body == TETHER_HTTP_BODY_NONE &&
-            !c->retried_reuse) {
+        if (u->reused && !u->got_bytes && c->idempotent &&
+            (c->req_body == TETHER_HTTP_BODY_NONE || c->hold_body) && !c->retried_reuse) {
             c->retried_reuse = true;
             upstream_free(u);
             conn_upstream_failed(c, 502, "backend closed the connection", true);
