@@ -175,6 +175,13 @@ int tether_stream_getfd(struct tether_stream *s);
 void tether_stream_flush(struct tether_stream *s);
 
 /*
+ * End the sending side once the output is written: on TLS a close_notify
+ * first (RFC 8446 6.1: the peer can tell the end from a cut), then the TCP
+ * FIN. Reading goes on. Call it with an empty output buffer.
+ */
+void tether_stream_shutdown_write(struct tether_stream *s);
+
+/*
  * Close and free s at once: TLS sends a best-effort close_notify, the socket
  * is closed and queued output dropped. Safe from inside any callback,
  * including one of s itself; no callback of s runs afterwards. Accepts NULL.

@@ -14,6 +14,8 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include <openssl/err.h>
+
 #include "stream-int.h"
 
 /* Bytes asked of one read (a TLS record holds at most as much). */
@@ -695,6 +697,18 @@ void tether_stream_flush(struct tether_stream *s)
         stream_mark(s, P_WRITECB);
     }
     stream_sync(s);
+}
+
+void tether_stream_shutdown_write(struct tether_stream *s)
+{
+    if (s->fd < 0)
+        return;
+    if (s->ssl && s->state == ST_OPEN && !s->broken) {
+        ERR_clear_error();
+        SSL_shutdown(s->ssl);
+        ERR_clear_error();
+    }
+    shutdown(s->fd, SHUT_WR);
 }
 
 void tether_stream_free(struct tether_stream *s)

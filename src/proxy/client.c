@@ -128,7 +128,7 @@ void conn_abort(struct conn *c)
 /* Output flushed: stop sending, keep reading (and discarding) for a while. */
 static void linger_start(struct conn *c)
 {
-    shutdown(tether_stream_getfd(c->bev), SHUT_WR);
+    tether_stream_shutdown_write(c->bev);
     evbuffer_drain(tether_stream_get_input(c->bev), (size_t)-1);
     tether_stream_setwatermark(c->bev, EV_READ, 0, 0);
     tether_stream_enable(c->bev, EV_READ);
@@ -181,7 +181,8 @@ void conn_error(struct conn *c, int status, const char *what)
 void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool retryable)
 {
     struct tether_proxy *p = c->w->proxy;
-    if (retryable && c->backend >= 0 && !atomic_load(&p->backends[c->backend].up)) {
+    if (c->backend >= 0 && !atomic_load(&p->backends[c->backend].up) && c->moves < p->nbackends) {
+        /* Following a move is not a retry: the session has a new home. */
         int old = c->backend;
         if (affinity_reroute(c) < 0) {
             conn_error(c, 503, "no backend available");
@@ -189,6 +190,9 @@ void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool ret
         }
         atomic_fetch_sub(&p->backends[old].inflight, 1);
         atomic_fetch_add(&p->backends[c->backend].inflight, 1);
+        c->moves++;
+        c->attempts = 0;
+        retryable = true;
     }
     conn_upstream_failed(c, status, what, retryable);
 }
@@ -351,6 +355,7 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     c->resp_started = c->resp_done = c->close_after = false;
     c->attempts = 0;
     c->retried_reuse = false;
+    c->moves = 0;
     c->hold_body = false;
     if (c->held)
         evbuffer_drain(c->held, evbuffer_get_length(c->held));

@@ -88,7 +88,8 @@ struct conn {
     bool idempotent;
     int minor;
     int backend;                 /* index in proxy->backends */
-    unsigned attempts;           /* connect attempts made for this request */
+    unsigned attempts;           /* connect attempts on the current backend */
+    unsigned moves;              /* session moves this request followed */
     bool retried_reuse;          /* already retried after a reused connection died */
     bool hold_body;              /* body bytes sent are kept in held, for that retry */
     struct evbuffer *held;

@@ -5,6 +5,7 @@
  * A connection goes back to the pool only when the response ended on its
  * own framing and the whole request was sent.
  */
+#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -18,6 +19,9 @@
 #include "tether/net.h"
 #include "tether/util.h"
 #include "proxy-int.h"
+
+/* Most connects one request makes to a backend that refuses them. */
+#define MAX_REFUSED 16
 
 static void on_read(struct tether_stream *bev, void *arg);
 static void on_write(struct tether_stream *bev, void *arg);
@@ -407,16 +411,33 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
             conn_error(c, 502, "backend certificate verification failed");
             return;
         }
+        int err = EVUTIL_SOCKET_ERROR();
+        bool refused = !timeout && (err == ECONNREFUSED || err == ECONNRESET);
         atomic_fetch_add(&be->connect_failures, 1);
-        tether_log_debug("backend %s: connect %s", be->name, timeout ? "timed out" : "failed");
+        tether_log_debug("backend %s: connect %s", be->name,
+                         timeout   ? "timed out"
+                         : refused ? "refused"
+                                   : "failed");
         upstream_free(u);
         tether_health_passive_failure(c->w->proxy, (uint32_t)c->backend,
-                                      timeout ? "connect timed out" : "connect failed");
-        /* Nothing reached the backend: any method may be tried again, on the
-           same backend while it is up, else where its session moved. */
+                                      timeout   ? "connect timed out"
+                                      : refused ? "connect refused"
+                                                : "connect failed");
+        /*
+         * Nothing reached the backend: any method may be tried again, on the
+         * same backend while it is up, else where its session moved. A
+         * refusal is quick and says nothing listens, so the request keeps
+         * trying until the passive verdict (each refusal counts toward it)
+         * moves its session: up to retries + passive_failures attempts, and
+         * never more than MAX_REFUSED.
+         */
+        const struct tether_config *cfg = c->w->cfg;
+        unsigned verdict = cfg->retries + cfg->health.passive_failures;
+        bool again = c->attempts <= cfg->retries ||
+                     (refused && c->attempts < (verdict < MAX_REFUSED ? verdict : MAX_REFUSED));
         conn_retry_elsewhere(c, timeout ? 503 : 502,
                              timeout ? "backend connect timed out" : "backend connection failed",
-                             c->attempts <= c->w->cfg->retries);
+                             again);
         return;
     }
     case U_HEAD:

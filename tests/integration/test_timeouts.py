@@ -142,8 +142,11 @@ class Timeouts(it.TetherTestCase):
 
     def test_connect_refused(self):
         dead = it.free_port()
+        # passive ejection kept out of it: the backend stays up, so the
+        # answer is the refused connect's 502 once retries are spent (with
+        # the backend ejected and none left it would be 503)
         self.start_tether(backends=[{"name": "fn-dead", "address": "127.0.0.1:%d" % dead}],
-                          retries=1)
+                          retries=1, health={"passive_failures": 1000})
         c = self.conn()
         t0 = time.monotonic()
         c.request("POST", "/body", [("x-fc-session-id", self.key)], b"payload")
