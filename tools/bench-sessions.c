@@ -104,7 +104,7 @@ static double fill(struct tether_session_table *t, struct placer *p, const char 
             fprintf(stderr, "bench-sessions: placement %zu answered %d\n", i, rc);
             exit(1);
         }
-        tether_session_release(t, k, KEYLEN, hashes[i], NOW_MS);
+        tether_session_release(t, k, KEYLEN, hashes[i], info.created_ms, NOW_MS);
         at[i] = (uint16_t)info.backend;
     }
     return (now_ns() - t0) / (double)n;
@@ -126,7 +126,7 @@ static double lookups(struct tether_session_table *t, struct placer *p, const ch
         const char *k = keys + i * KEYLEN;
         misses += tether_session_acquire(t, k, KEYLEN, hashes[i], NOW_MS, 0, place, p, &info) !=
                   TETHER_SESSION_FOUND;
-        tether_session_release(t, k, KEYLEN, hashes[i], NOW_MS);
+        tether_session_release(t, k, KEYLEN, hashes[i], info.created_ms, NOW_MS);
     }
     double ns = (now_ns() - t0) / (double)n;
     if (misses != 0) {

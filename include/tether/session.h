@@ -106,9 +106,13 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
                            tether_session_place_fn place, void *ctx,
                            struct tether_session_info *out);
 
-/* A request of key ended: one fewer in flight, last_seen = now. Lock: shard. */
+/*
+ * A request of key ended: one fewer in flight, last_seen = now. created_ms
+ * is the record's creation time from acquire: a record ended and made anew
+ * meanwhile is another one, and is left alone. Lock: shard.
+ */
 void tether_session_release(struct tether_session_table *t, const char *key, size_t len,
-                            uint64_t hash, uint64_t now_ms);
+                            uint64_t hash, uint64_t created_ms, uint64_t now_ms);
 
 /*
  * Learning: bind key to backend b as a live session when the key is not

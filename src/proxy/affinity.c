@@ -225,9 +225,11 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     }
     c->session = true;
     c->epoch = info.epoch;
+    c->created_ms = info.created_ms;
     c->backend = (int)info.backend;
     if (affinity_reroute(c) < 0) {
         /* Every backend is down: the binding stays for when one is back. */
+        c->backend = -1;
         *why = "no backend available";
         return -503;
     }
@@ -283,9 +285,8 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
             evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
                                 p->backends[c->moved_from].name);
             char *state = malloc(c->w->cfg->session.state_max_bytes);
-            int n = state ? tether_session_state_copy(p->sessions, c->key, c->key_len,
-                                                      c->key_hash, state,
-                                                      c->w->cfg->session.state_max_bytes)
+            int n = state ? tether_session_state_copy(p->sessions, c->key, c->key_len, c->key_hash,
+                                                      state, c->w->cfg->session.state_max_bytes)
                           : 0;
             if (n > 0) {
                 evbuffer_add(out, "x-fc-session-state: ", 20);
@@ -303,7 +304,8 @@ void affinity_release(struct conn *c)
     if (!c->session)
         return;
     c->session = false;
-    tether_session_release(c->w->proxy->sessions, c->key, c->key_len, c->key_hash, tether_now_ms());
+    tether_session_release(c->w->proxy->sessions, c->key, c->key_len, c->key_hash, c->created_ms,
+                           tether_now_ms());
 }
 
 void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res)
@@ -342,8 +344,8 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
     if (c->delete_learned && ((res->status >= 200 && res->status < 300) || res->status == 404))
         end = true;
     if (c->handoff && res->status < 500)
-        tether_session_handoff_done(p->sessions, c->key, c->key_len, c->key_hash,
-                                    (uint32_t)backend, c->epoch);
+        tether_session_handoff_done(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
+                                    c->epoch);
     if (end) {
         tether_session_end(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
                            c->epoch);

@@ -38,8 +38,9 @@ static struct timeval ms_tv(uint64_t ms)
 static void arm(struct conn *c, enum conn_timer mode)
 {
     const struct tether_config_timeouts *t = &c->w->cfg->timeouts;
-    uint64_t ms = mode == T_HEADER ? t->client_header_ms
-                  : mode == T_IDLE ? t->client_idle_ms
+    uint64_t ms = mode == T_HEADER   ? t->client_header_ms
+                  : mode == T_IDLE   ? t->client_idle_ms
+                  : mode == T_TUNNEL ? t->backend_idle_ms
                   : (mode == T_PEEK || mode == T_HANDSHAKE)
                       ? c->w->cfg->listens[c->listen].tls->handshake_timeout_ms
                       : TETHER_PROXY_LINGER_MS;
@@ -321,10 +322,31 @@ void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         }
         break;
     case T_IDLE:
+        if (evbuffer_get_length(tether_stream_get_output(c->bev)) > 0) {
+            /* Still writing the last response: the write timeout guards that. */
+            arm(c, T_IDLE);
+            return;
+        }
+        conn_free(c);
+        return;
     case T_LINGER:
     case T_HANDSHAKE: /* silent clients cost nothing past handshake_timeout */
         conn_free(c);
         return;
+    case T_TUNNEL: {
+        uint64_t idle = c->w->cfg->timeouts.backend_idle_ms, now = tether_now_ms();
+        if (c->state == C_TUNNEL && c->last_io_ms + idle > now) {
+            struct timeval tv = ms_tv(c->last_io_ms + idle - now);
+            c->timer_mode = T_TUNNEL;
+            event_add(&c->timer, &tv);
+            return;
+        }
+        if (c->state == C_TUNNEL) {
+            conn_abort(c);
+            return;
+        }
+        break;
+    }
     case T_PEEK:
     case T_NONE:
         break;
@@ -338,6 +360,27 @@ static bool is_idempotent(const char *m, size_t n)
         if (n == strlen(ok[i]) && memcmp(m, ok[i], n) == 0)
             return true;
     return false;
+}
+
+/* Every Transfer-Encoding element is "chunked" (the parser made sure it is final and single). */
+static bool only_chunked(const struct tether_http_request *req)
+{
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct tether_http_header *h = &req->headers[i];
+        if (!tether_strieq(h->name, h->name_len, "transfer-encoding", 17))
+            continue;
+        const char *p = h->value, *end = p + h->value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *t = p;
+            while (p < end && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if (p > t && !tether_strieq(t, (size_t)(p - t), "chunked", 7))
+                return false;
+        }
+    }
+    return true;
 }
 
 static void start_request(struct conn *c, const struct tether_http_request *req, size_t head_len)
@@ -356,6 +399,7 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     c->attempts = 0;
     c->retried_reuse = false;
     c->moves = 0;
+    c->interim = 0;
     c->hold_body = false;
     if (c->held)
         evbuffer_drain(c->held, evbuffer_get_length(c->held));
@@ -379,6 +423,12 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
 
     if (req->method_len == 7 && memcmp(req->method, "CONNECT", 7) == 0) {
         conn_error(c, 501, "CONNECT is not supported");
+        return;
+    }
+    if (req->body == TETHER_HTTP_BODY_CHUNKED && !only_chunked(req)) {
+        /* Forwarded as written, a coding tether does not decode could read
+           differently at the backend; nginx refuses them the same way. */
+        conn_error(c, 501, "transfer coding other than chunked is not supported");
         return;
     }
     if (req->body == TETHER_HTTP_BODY_LENGTH && req->content_length > cfg->limits.max_body_bytes) {
@@ -509,6 +559,18 @@ void conn_forward_request_body(struct conn *c)
             c->req_done = done;
         }
     }
+    if (c->req_done) {
+        struct timeval rt = ms_tv(c->w->cfg->timeouts.backend_response_ms),
+                       wt = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
+        if (c->up->state == U_HEAD)
+            tether_stream_set_timeouts(c->up->bev, &rt, &wt);
+        if (c->read_eof)
+            c->close_after = true;
+    } else if (c->read_eof && evbuffer_get_length(in) == 0) {
+        /* The client closed before its body was complete. */
+        conn_abort(c);
+        return;
+    }
     /* Backpressure: stop reading the client while the backend is behind. */
     if (!c->req_done && evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
         tether_stream_disable(c->bev, EV_READ);
@@ -518,8 +580,13 @@ void conn_start_tunnel(struct conn *c)
 {
     c->state = C_TUNNEL;
     c->req_done = true;
+    /* One inactivity timer for both directions (bytes either way keep a
+       tunnel alive); only a stuck write is bounded per side. */
     struct timeval tv = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
-    tether_stream_set_timeouts(c->bev, &tv, &tv);
+    tether_stream_set_timeouts(c->bev, NULL, &tv);
+    c->last_io_ms = tether_now_ms();
+    disarm(c);
+    arm(c, T_TUNNEL);
     tether_stream_setwatermark(c->bev, EV_READ, 0, TETHER_PROXY_HIGH_WATER);
     tether_stream_enable(c->bev, EV_READ);
     on_read(c->bev, c);
@@ -567,6 +634,7 @@ static void on_read(struct tether_stream *bev, void *arg)
             conn_forward_request_body(c);
         break;
     case C_TUNNEL:
+        c->last_io_ms = tether_now_ms();
         if (c->up) {
             struct evbuffer *out = tether_stream_get_output(c->up->bev);
             evbuffer_add_buffer(out, in);
@@ -612,9 +680,16 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         return;
     }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
-        /* A half-close after a complete request still gets its response. */
-        if (c->state == C_ACTIVE && c->req_done) {
+        /* A half-close after a request still gets its response (and the
+           body still buffered goes on); what is queued still goes out. */
+        if (c->state == C_ACTIVE) {
             c->read_eof = true;
+            if (!c->req_done && c->up && c->up->state != U_CONNECTING)
+                conn_forward_request_body(c);
+            return;
+        }
+        if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_output(bev)) > 0) {
+            close_gracefully(c);
             return;
         }
         if (c->state == C_TUNNEL && c->up) {

@@ -32,6 +32,8 @@
 #define TETHER_PROXY_POOL_IDLE_MS 30000
 /* How long a closing connection reads and discards before the final close. */
 #define TETHER_PROXY_LINGER_MS 2000
+/* Interim (1xx) responses relayed for one request before it is a 502. */
+#define TETHER_PROXY_MAX_INTERIM 16
 /* Longest session key (DESIGN.md step 3). */
 #define TETHER_PROXY_MAX_KEY 256
 
@@ -49,6 +51,7 @@ enum conn_timer {
     T_LINGER,
     T_PEEK,      /* TLS listener: waiting for the first byte (the timer is an fd event) */
     T_HANDSHAKE, /* handshake_timeout: the TLS handshake must be done by then */
+    T_TUNNEL,    /* backend_idle without a byte either way ends a tunnel */
 };
 
 enum up_state {
@@ -90,6 +93,8 @@ struct conn {
     int backend;                 /* index in proxy->backends */
     unsigned attempts;           /* connect attempts on the current backend */
     unsigned moves;              /* session moves this request followed */
+    unsigned interim;            /* 1xx responses relayed */
+    uint64_t last_io_ms;         /* tunnel: last byte either way */
     bool retried_reuse;          /* already retried after a reused connection died */
     bool hold_body;              /* body bytes sent are kept in held, for that retry */
     struct evbuffer *held;
@@ -103,6 +108,7 @@ struct conn {
     char key[TETHER_SESSION_MAX_KEY];
     size_t key_len;
     uint32_t epoch;
+    uint64_t created_ms;         /* the record acquired (a release names it) */
     bool session;                /* acquired in the table: release at the end */
     bool minted;                 /* a new key: set the cookie on the response */
     bool delete_learned;         /* DELETE with the learn header: 2xx/404 ends it */

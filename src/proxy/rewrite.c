@@ -63,9 +63,30 @@ static int listed(const struct span *tok, size_t ntok, const char *name, size_t 
     return 0;
 }
 
+/* '-' and '_' compared alike: CGI-style stacks map both to one variable,
+   so an underscore spelling could shadow tether's own field. */
+static int name_is(const char *n, size_t nl, const char *lit, size_t litlen, bool prefix)
+{
+    if (prefix ? nl < litlen : nl != litlen)
+        return 0;
+    for (size_t i = 0; i < litlen; i++) {
+        char a = n[i] == '_' ? '-' : n[i];
+        if ((a | 0x20) != (lit[i] | 0x20) && !(a == '-' && lit[i] == '-'))
+            return 0;
+    }
+    return 1;
+}
+
 static int is_session_field(const char *name, size_t len)
 {
-    return len >= 13 && tether_strieq(name, 13, "x-fc-session-", 13);
+    return name_is(name, len, "x-fc-session-", 13, true);
+}
+
+static int is_forwarded_field(const char *name, size_t len)
+{
+    return name_is(name, len, "x-forwarded-proto", 17, false) ||
+           name_is(name, len, "x-forwarded-host", 16, false) ||
+           (memchr(name, '_', len) && name_is(name, len, "x-forwarded-for", 15, false));
 }
 
 static char *put(char *p, const char *s, size_t n)
@@ -80,7 +101,7 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
 {
     const struct tether_http_header *h = req->headers;
     size_t nh = req->num_headers;
-    size_t need = req->method_len + req->target_len + req->host_len * 2 + 256;
+    size_t need = req->method_len + req->target_len + req->host_len * 2 + 288;
     for (size_t i = 0; i < nh; i++)
         need += h[i].name_len + h[i].value_len + 4;
     if (need > c->head_cap) {
@@ -107,9 +128,9 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
         size_t nl = h[i].name_len;
         if (ieq(n, nl, "upgrade") && c->upgrade)
             goto keep;
-        if (header_is_hop_by_hop(n, nl) || is_session_field(n, nl) ||
-            ieq(n, nl, "x-forwarded-proto") || ieq(n, nl, "x-forwarded-host") ||
-            listed(tok, ntok, n, nl))
+        /* Transfer-Encoding is written anew below: one canonical form. */
+        if (header_is_hop_by_hop(n, nl) || is_session_field(n, nl) || is_forwarded_field(n, nl) ||
+            ieq(n, nl, "transfer-encoding") || listed(tok, ntok, n, nl))
             continue;
         if (ieq(n, nl, "x-forwarded-for")) {
             if (nxff < sizeof(xff) / sizeof(xff[0]))
@@ -122,6 +143,8 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
         p = put(p, h[i].value, h[i].value_len);
         p = PUTS(p, "\r\n");
     }
+    if (req->body == TETHER_HTTP_BODY_CHUNKED)
+        p = PUTS(p, "Transfer-Encoding: chunked\r\n");
     if (c->upgrade)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (c->minor == 0)

@@ -60,6 +60,20 @@ static void on_pool_event(struct tether_stream *bev, short what, void *arg)
     pool_remove(arg);
 }
 
+/*
+ * Nothing more may come from a connection going back to the pool: bytes
+ * past the response (a HEAD answered with a body, say) would be taken for
+ * the answer to the next request sent on it.
+ */
+static bool quiet(struct upstream *u)
+{
+    char b;
+    if (u->ssl && SSL_pending(u->ssl) > 0)
+        return false;
+    ssize_t n = recv(tether_stream_getfd(u->bev), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 void upstream_release(struct upstream *u, bool reusable)
 {
     struct tether_proxy_worker *w = u->w;
@@ -68,7 +82,7 @@ void upstream_release(struct upstream *u, bool reusable)
         u->c->up = NULL;
     u->c = NULL;
     if (!reusable || w->stopping || pl->nidle >= TETHER_PROXY_POOL_MAX ||
-        evbuffer_get_length(tether_stream_get_input(u->bev)) > 0) {
+        evbuffer_get_length(tether_stream_get_input(u->bev)) > 0 || !quiet(u)) {
         upstream_free(u);
         return;
     }
@@ -97,8 +111,10 @@ void upstream_start_request(struct upstream *u)
     u->state = U_HEAD;
     u->got_bytes = false;
     tether_stream_setcb(u->bev, on_read, on_write, on_event, u);
+    /* The wait for the head starts when the request is sent; while the body
+       still streams, only silence counts (backend_idle). */
     struct timeval rt = ms_tv(t->backend_response_ms), wt = ms_tv(t->backend_idle_ms);
-    tether_stream_set_timeouts(u->bev, &rt, &wt);
+    tether_stream_set_timeouts(u->bev, c->req_done ? &rt : &wt, &wt);
     tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
     tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
     struct evbuffer *out = tether_stream_get_output(u->bev);
@@ -117,7 +133,7 @@ int upstream_attach(struct conn *c)
 {
     struct tether_proxy_worker *w = c->w;
     struct pool *pl = &w->pools[c->backend];
-    struct upstream *u = TAILQ_FIRST(&pl->idle);
+    struct upstream *u = c->retried_reuse ? NULL : TAILQ_FIRST(&pl->idle);
     if (u) {
         TAILQ_REMOVE(&pl->idle, u, link);
         pl->nidle--;
@@ -227,7 +243,7 @@ static void start_tunnel(struct upstream *u)
     struct conn *c = u->c;
     u->state = U_TUNNEL;
     struct timeval tv = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
-    tether_stream_set_timeouts(u->bev, &tv, &tv);
+    tether_stream_set_timeouts(u->bev, NULL, &tv);
     tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
     evbuffer_add_buffer(tether_stream_get_output(c->bev), tether_stream_get_input(u->bev));
     conn_start_tunnel(c);
@@ -269,6 +285,11 @@ static void read_head(struct upstream *u)
                 evbuffer_drain(in, (size_t)r);
                 c->resp_started = true;
                 start_tunnel(u);
+                return;
+            }
+            if (++c->interim > TETHER_PROXY_MAX_INTERIM) {
+                upstream_release(u, false);
+                conn_error(c, 502, "too many interim responses from the backend");
                 return;
             }
             /* Interim responses go to HTTP/1.1 clients only (RFC 9110 15.2). */
@@ -332,6 +353,7 @@ static void on_read(struct tether_stream *bev, void *arg)
         relay_body(u);
         break;
     case U_TUNNEL: {
+        c->last_io_ms = tether_now_ms();
         struct evbuffer *out = tether_stream_get_output(c->bev);
         evbuffer_add_buffer(out, tether_stream_get_input(bev));
         if (evbuffer_get_length(out) > TETHER_PROXY_HIGH_WATER)
@@ -451,6 +473,7 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
            a request that is safe to repeat and that we still hold whole. */
         if (u->reused && !u->got_bytes && c->idempotent &&
             (c->req_body == TETHER_HTTP_BODY_NONE || c->hold_body) && !c->retried_reuse) {
+            /* Its pooled siblings may be just as dead: a new connection. */
             c->retried_reuse = true;
             upstream_free(u);
             conn_upstream_failed(c, 502, "backend closed the connection", true);

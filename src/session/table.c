@@ -395,12 +395,12 @@ out:
 }
 
 void tether_session_release(struct tether_session_table *t, const char *key, size_t len,
-                            uint64_t hash, uint64_t now_ms)
+                            uint64_t hash, uint64_t created_ms, uint64_t now_ms)
 {
     struct shard *sh = shard_of(t, hash);
     pthread_mutex_lock(&sh->lock);
     struct rec *r = find(sh, key, len, hash);
-    if (r) {
+    if (r && r->created_ms == created_ms) {
         if (r->inflight)
             r->inflight--;
         /* Past its lifetime while busy: it goes with its last request. */

@@ -96,7 +96,9 @@ static int acq(struct tether_session_table *t, const char *k, uint64_t now, unsi
 
 static void rel(struct tether_session_table *t, const char *k, uint64_t now)
 {
-    tether_session_release(t, k, strlen(k), hash_of(k), now);
+    struct tether_session_info in;
+    if (tether_session_get(t, k, strlen(k), hash_of(k), &in) == 0)
+        tether_session_release(t, k, strlen(k), hash_of(k), in.created_ms, now);
 }
 
 static int get(struct tether_session_table *t, const char *k, struct tether_session_info *out)
@@ -688,6 +690,24 @@ START_TEST(test_lifetime_after_release_with_younger_neighbour)
 }
 END_TEST
 
+START_TEST(test_release_leaves_a_new_record_alone)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct stub s;
+    struct tether_session_info a, b;
+
+    stub_init(&s, 0);
+    ck_assert_int_eq(acq(t, "k", 0, 0, &s, &a), TETHER_SESSION_CREATED); /* request A */
+    ck_assert_int_eq(tether_session_end(t, "k", 1, hash_of("k"), 0, 1), 0);
+    ck_assert_int_eq(acq(t, "k", 5, 0, &s, &b), TETHER_SESSION_CREATED); /* request C */
+    /* A ends: it must not count C's request as done */
+    tether_session_release(t, "k", 1, hash_of("k"), a.created_ms, 6);
+    ck_assert_int_eq(get(t, "k", &b), 0);
+    ck_assert_uint_eq(b.inflight, 1);
+    tether_session_table_free(t);
+}
+END_TEST
+
 /* ---- moves ---- */
 
 START_TEST(test_move_backend_moves_only_its_sessions)
@@ -1038,7 +1058,7 @@ static void *hammer(void *arg)
             /* some sessions end, so loads go down as well as up */
             if ((r >> 40) % 8 == 0)
                 tether_session_end(t, key, (size_t)len, h, in.backend, in.epoch);
-            tether_session_release(t, key, (size_t)len, h, now);
+            tether_session_release(t, key, (size_t)len, h, in.created_ms, now);
         }
         if ((r >> 48) % 512 == 0) {
             size_t n = tether_session_shards(t);
@@ -1129,6 +1149,7 @@ static Suite *table_suite(void)
     tcase_add_test(tc, test_budget_evicts_lru_idle);
     tcase_add_test(tc, test_budget_all_inflight);
     tcase_add_test(tc, test_stats_add_up);
+    tcase_add_test(tc, test_release_leaves_a_new_record_alone);
     tcase_add_test(tc, test_move_backend_moves_only_its_sessions);
     tcase_add_test(tc, test_move_without_a_home_keeps_the_binding);
     tcase_add_test(tc, test_move_one_is_fenced_and_handoff_completes);
