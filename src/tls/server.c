@@ -81,7 +81,9 @@ static SSL_CTX *ctx_new(const struct tether_config_listen_tls *t)
                                                                         : TLS1_2_VERSION);
     SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
     /* OpenSSL 3 refuses client-initiated renegotiation unless allowed. */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* The server's order (strongest first) decides, whatever a client prefers. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set1_groups_list(ctx, INTERMEDIATE_GROUPS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);

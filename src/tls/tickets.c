@@ -77,7 +77,10 @@ static int on_ticket(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
         rc = 0;
         for (int i = 0; i < 2; i++) {
             if (keys[i].valid && memcmp(name, keys[i].name, 16) == 0) {
-                rc = set_keys(&keys[i], iv, cctx, hctx, 0) == 0 ? (i == 0 ? 1 : 2) : -1;
+                /* 2 = renew: an old key's ticket, and every TLS 1.3 resumption
+                   (a client keeps one ticket per connection, RFC 8446 C.4). */
+                bool renew = i > 0 || SSL_version(ssl) == TLS1_3_VERSION;
+                rc = set_keys(&keys[i], iv, cctx, hctx, 0) == 0 ? (renew ? 2 : 1) : -1;
                 break;
             }
         }
