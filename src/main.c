@@ -203,16 +203,14 @@ int main(int argc, char **argv)
     struct event *rotation = NULL, *snapshots = NULL;
     if (d.names) {
         uint64_t ms = cfg->state.snapshot_interval_ms;
-        struct timeval tv = {.tv_sec = (time_t)(ms / 1000),
-                             .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+        struct timeval tv = tether_timeval_ms(ms);
         snapshots = event_new(d.base, -1, EV_PERSIST, on_snapshot, &d);
         if (snapshots)
             event_add(snapshots, &tv);
     }
     uint64_t rot = ticket_rotation_ms(cfg);
     if (rot) {
-        struct timeval tv = {.tv_sec = (time_t)(rot / 1000),
-                             .tv_usec = (suseconds_t)(rot % 1000) * 1000};
+        struct timeval tv = tether_timeval_ms(rot);
         rotation = event_new(d.base, -1, EV_PERSIST, on_ticket_rotation, NULL);
         if (rotation)
             event_add(rotation, &tv);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdarg.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include "tether/config.h"
 
@@ -29,6 +30,9 @@ void tether_log(enum tether_log_level level, const char *fmt, ...)
 /* Monotonic clock in milliseconds / microseconds. */
 uint64_t tether_now_ms(void);
 uint64_t tether_now_us(void);
+
+/* A timeval of ms milliseconds, for libevent timeouts. */
+struct timeval tether_timeval_ms(uint64_t ms);
 
 /* Wall clock, milliseconds since the epoch. */
 uint64_t tether_wall_ms(void);

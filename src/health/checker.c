@@ -60,12 +60,6 @@ struct tether_health {
     bool started;
 };
 
-static struct timeval ms_tv(uint64_t ms)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
 /* Short words for the causes an operator sees most; strerror for the rest. */
 static const char *errtext(int err)
 {
@@ -252,7 +246,7 @@ static void start_check(struct check *c)
     }
     c->phase = CONNECTING;
     tether_stream_setcb(c->s, on_read, NULL, on_event, c);
-    struct timeval tv = ms_tv(h->cfg->timeout_ms);
+    struct timeval tv = tether_timeval_ms(h->cfg->timeout_ms);
     event_add(&c->deadline, &tv);
     int err = tether_stream_connect(c->s, (const struct sockaddr *)&be->addr, be->addrlen);
     if (err < 0)
@@ -262,7 +256,7 @@ static void start_check(struct check *c)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct check *c = arg;
-    struct timeval tv = ms_tv(c->h->cfg->interval_ms);
+    struct timeval tv = tether_timeval_ms(c->h->cfg->interval_ms);
     event_add(&c->tick, &tv);
     /* One check at a time per backend: one still running (a timeout not
        shorter than the interval) has this tick skipped. */
@@ -349,7 +343,7 @@ struct tether_health *tether_health_start(struct tether_proxy *proxy)
         event_assign(&c->tick, h->base, -1, 0, on_tick, c);
         event_assign(&c->deadline, h->base, -1, 0, on_deadline, c);
         /* Spread the first checks over the first interval. */
-        struct timeval tv = ms_tv(cfg->interval_ms * i / h->nchecks);
+        struct timeval tv = tether_timeval_ms(cfg->interval_ms * i / h->nchecks);
         if (event_add(&c->tick, &tv) < 0)
             goto nomem;
     }

@@ -284,16 +284,21 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
             /* Until the new home has answered one request without a 5xx. */
             evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
                                 p->backends[c->moved_from].name);
-            char *state = malloc(c->w->cfg->session.state_max_bytes);
-            int n = state ? tether_session_state_copy(p->sessions, c->key, c->key_len, c->key_hash,
-                                                      state, c->w->cfg->session.state_max_bytes)
-                          : 0;
-            if (n > 0) {
-                evbuffer_add(out, "x-fc-session-state: ", 20);
-                evbuffer_add(out, state, (size_t)n);
-                evbuffer_add(out, "\r\n", 2);
+            /* Copied straight into the output: no buffer of its own. */
+            size_t max = c->w->cfg->session.state_max_bytes;
+            struct evbuffer_iovec v;
+            if (evbuffer_reserve_space(out, (ev_ssize_t)(max + 22), &v, 1) == 1) {
+                char *at = v.iov_base;
+                int n = tether_session_state_copy(p->sessions, c->key, c->key_len, c->key_hash,
+                                                  at + 20, max);
+                v.iov_len = 0;
+                if (n > 0) {
+                    memcpy(at, "x-fc-session-state: ", 20);
+                    memcpy(at + 20 + n, "\r\n", 2);
+                    v.iov_len = (size_t)n + 22;
+                }
+                evbuffer_commit_space(out, &v, 1);
             }
-            free(state);
         }
     }
     evbuffer_add(out, "\r\n", 2);

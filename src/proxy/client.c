@@ -29,12 +29,6 @@ static void on_write(struct tether_stream *bev, void *arg);
 static void on_event(struct tether_stream *bev, short what, void *arg);
 static void parse_next(struct conn *c);
 
-static struct timeval ms_tv(uint64_t ms)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
 static void arm(struct conn *c, enum conn_timer mode)
 {
     const struct tether_config_timeouts *t = &c->w->cfg->timeouts;
@@ -44,7 +38,7 @@ static void arm(struct conn *c, enum conn_timer mode)
                   : (mode == T_PEEK || mode == T_HANDSHAKE)
                       ? c->w->cfg->listens[c->listen].tls->handshake_timeout_ms
                       : TETHER_PROXY_LINGER_MS;
-    struct timeval tv = ms_tv(ms);
+    struct timeval tv = tether_timeval_ms(ms);
     c->timer_mode = mode;
     event_add(&c->timer, &tv);
 }
@@ -224,7 +218,7 @@ static int conn_start(struct conn *c, SSL *ssl)
     /* The input holds at most one head plus some of what follows it. */
     tether_stream_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
     tether_stream_setwatermark(c->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
-    struct timeval wt = ms_tv(w->cfg->timeouts.client_idle_ms);
+    struct timeval wt = tether_timeval_ms(w->cfg->timeouts.client_idle_ms);
     tether_stream_set_timeouts(c->bev, NULL, &wt);
     tether_stream_enable(c->bev, EV_READ);
     arm(c, ssl ? T_HANDSHAKE : T_HEADER);
@@ -336,7 +330,7 @@ void conn_on_timer(evutil_socket_t fd, short what, void *arg)
     case T_TUNNEL: {
         uint64_t idle = c->w->cfg->timeouts.backend_idle_ms, now = tether_now_ms();
         if (c->state == C_TUNNEL && c->last_io_ms + idle > now) {
-            struct timeval tv = ms_tv(c->last_io_ms + idle - now);
+            struct timeval tv = tether_timeval_ms(c->last_io_ms + idle - now);
             c->timer_mode = T_TUNNEL;
             event_add(&c->timer, &tv);
             return;
@@ -560,8 +554,8 @@ void conn_forward_request_body(struct conn *c)
         }
     }
     if (c->req_done) {
-        struct timeval rt = ms_tv(c->w->cfg->timeouts.backend_response_ms),
-                       wt = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
+        struct timeval rt = tether_timeval_ms(c->w->cfg->timeouts.backend_response_ms),
+                       wt = tether_timeval_ms(c->w->cfg->timeouts.backend_idle_ms);
         if (c->up->state == U_HEAD)
             tether_stream_set_timeouts(c->up->bev, &rt, &wt);
         if (c->read_eof)
@@ -582,7 +576,7 @@ void conn_start_tunnel(struct conn *c)
     c->req_done = true;
     /* One inactivity timer for both directions (bytes either way keep a
        tunnel alive); only a stuck write is bounded per side. */
-    struct timeval tv = ms_tv(c->w->cfg->timeouts.backend_idle_ms);
+    struct timeval tv = tether_timeval_ms(c->w->cfg->timeouts.backend_idle_ms);
     tether_stream_set_timeouts(c->bev, NULL, &tv);
     c->last_io_ms = tether_now_ms();
     disarm(c);

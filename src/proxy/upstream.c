@@ -27,12 +27,6 @@ static void on_read(struct tether_stream *bev, void *arg);
 static void on_write(struct tether_stream *bev, void *arg);
 static void on_event(struct tether_stream *bev, short what, void *arg);
 
-static struct timeval ms_tv(uint64_t ms)
-{
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
-    return tv;
-}
-
 static void upstream_free(struct upstream *u)
 {
     if (u->c)
@@ -88,7 +82,7 @@ void upstream_release(struct upstream *u, bool reusable)
     }
     u->state = U_IDLE;
     tether_stream_setcb(u->bev, on_pool_read, NULL, on_pool_event, u);
-    struct timeval tv = ms_tv(TETHER_PROXY_POOL_IDLE_MS);
+    struct timeval tv = tether_timeval_ms(TETHER_PROXY_POOL_IDLE_MS);
     tether_stream_set_timeouts(u->bev, &tv, NULL);
     tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
     tether_stream_enable(u->bev, EV_READ);
@@ -113,7 +107,7 @@ void upstream_start_request(struct upstream *u)
     tether_stream_setcb(u->bev, on_read, on_write, on_event, u);
     /* The wait for the head starts when the request is sent; while the body
        still streams, only silence counts (backend_idle). */
-    struct timeval rt = ms_tv(t->backend_response_ms), wt = ms_tv(t->backend_idle_ms);
+    struct timeval rt = tether_timeval_ms(t->backend_response_ms), wt = tether_timeval_ms(t->backend_idle_ms);
     tether_stream_set_timeouts(u->bev, c->req_done ? &rt : &wt, &wt);
     tether_stream_setwatermark(u->bev, EV_READ, 0, 0);
     tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
@@ -167,7 +161,7 @@ int upstream_attach(struct conn *c)
     c->up = u;
     u->state = U_CONNECTING;
     tether_stream_setcb(u->bev, on_read, on_write, on_event, u);
-    struct timeval ct = ms_tv(w->cfg->timeouts.backend_connect_ms);
+    struct timeval ct = tether_timeval_ms(w->cfg->timeouts.backend_connect_ms);
     tether_stream_set_timeouts(u->bev, NULL, &ct);
     if (tether_stream_connect(u->bev, (struct sockaddr *)&be->addr, be->addrlen) < 0) {
         upstream_free(u);
@@ -242,7 +236,7 @@ static void start_tunnel(struct upstream *u)
 {
     struct conn *c = u->c;
     u->state = U_TUNNEL;
-    struct timeval tv = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
+    struct timeval tv = tether_timeval_ms(u->w->cfg->timeouts.backend_idle_ms);
     tether_stream_set_timeouts(u->bev, NULL, &tv);
     tether_stream_setwatermark(u->bev, EV_WRITE, TETHER_PROXY_HIGH_WATER / 4, 0);
     evbuffer_add_buffer(tether_stream_get_output(c->bev), tether_stream_get_input(u->bev));
@@ -331,7 +325,7 @@ static void read_head(struct upstream *u)
         evbuffer_drain(in, (size_t)r);
         c->resp_started = true;
         u->state = U_BODY;
-        struct timeval rt = ms_tv(u->w->cfg->timeouts.backend_idle_ms);
+        struct timeval rt = tether_timeval_ms(u->w->cfg->timeouts.backend_idle_ms);
         tether_stream_set_timeouts(u->bev, &rt, &rt);
         relay_body(u);
         return;

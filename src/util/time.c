@@ -17,6 +17,12 @@ uint64_t tether_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+struct timeval tether_timeval_ms(uint64_t ms)
+{
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
 uint64_t tether_wall_ms(void)
 {
     struct timespec ts;
