@@ -220,6 +220,38 @@ size_t tether_session_shards(const struct tether_session_table *t);
 void tether_session_stats(struct tether_session_table *t, struct tether_session_stats *out);
 
 /*
+ * Forget the session of key whatever its state (the admin API): requests in
+ * flight on it finish, and the key is placed anew on its next request.
+ * Returns 0 or -ENOENT. Lock: shard.
+ */
+int tether_session_forget(struct tether_session_table *t, const char *key, size_t len,
+                          uint64_t hash);
+
+/* Change the budget and timeouts (a reload). Locks: every shard. */
+void tether_session_set_limits(struct tether_session_table *t,
+                               const struct tether_session_limits *lim);
+
+/*
+ * Changes to records, for the event stream and the sidecar. The observer is
+ * called under the record's shard lock (and must not call into the table),
+ * with the record's backend after the change; `from` is the old one for a
+ * move. Set it before the table is shared between threads.
+ */
+enum tether_session_event {
+    TETHER_SESSION_EV_CREATED,
+    TETHER_SESSION_EV_MOVED,
+    TETHER_SESSION_EV_EXPIRED,
+    TETHER_SESSION_EV_EVICTED,
+    TETHER_SESSION_EV_ENDED,
+    TETHER_SESSION_EV_FORGOTTEN,
+};
+typedef void (*tether_session_observer_fn)(void *ctx, enum tether_session_event ev,
+                                           const char *key, size_t len, uint32_t backend,
+                                           uint32_t from, uint32_t epoch);
+void tether_session_observe(struct tether_session_table *t, tether_session_observer_fn fn,
+                            void *ctx);
+
+/*
  * Keys in requests.
  * tether_session_key_valid: 1 when s[0..len) is a usable key: 1..256
  * bytes of printable ASCII (0x21..0x7e).

@@ -47,4 +47,13 @@ int tether_strieq(const char *a, size_t alen, const char *b, size_t blen);
  */
 int tether_sockaddr_parse(const char *address, struct sockaddr_storage *ss, socklen_t *len);
 
+/* A growable list of strings (reload reports). */
+struct tether_strlist {
+    char **v;
+    size_t n, cap;
+};
+void tether_strlist_addf(struct tether_strlist *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void tether_strlist_clear(struct tether_strlist *l);
+
 #endif

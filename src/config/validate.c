@@ -45,6 +45,20 @@ static void check_listens(struct ctx *c)
     }
 }
 
+int tether_config_backend_name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
 static void check_backends(struct ctx *c)
 {
     const struct tether_config *cfg = c->cfg;
@@ -54,6 +68,12 @@ static void check_backends(struct ctx *c)
 
     for (size_t j = 0; j < cfg->nbackends; j++) {
         points += (uint64_t)b[j].weight * cfg->balance.vnodes;
+        if (b[j].name && !tether_config_backend_name_valid(b[j].name)) {
+            snprintf(key, sizeof(key), "backends[%zu].name", j);
+            tether_config_report_at(c, key, false,
+                                    "1 to 63 characters of A-Z a-z 0-9 - _ . : (it appears in "
+                                    "URLs and headers)");
+        }
         for (size_t i = 0; i < j && b[j].name; i++) {
             if (b[i].name && !strcmp(b[i].name, b[j].name)) {
                 snprintf(key, sizeof(key), "backends[%zu].name", j);

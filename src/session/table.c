@@ -61,7 +61,23 @@ struct tether_session_table {
     _Atomic uint64_t state_bytes; /* all blobs together */
     _Atomic uint64_t state_refused;
     _Atomic uint32_t loads[TETHER_SESSION_MAX_BACKENDS];
+    tether_session_observer_fn obs; /* set before the table is shared */
+    void *obs_ctx;
 };
+
+static void notify(const struct tether_session_table *t, enum tether_session_event ev,
+                   const struct rec *r, uint32_t from)
+{
+    if (t->obs)
+        t->obs(t->obs_ctx, ev, r->key, r->keylen, r->backend, from, r->epoch);
+}
+
+void tether_session_observe(struct tether_session_table *t, tether_session_observer_fn fn,
+                            void *ctx)
+{
+    t->obs = fn;
+    t->obs_ctx = ctx;
+}
 
 #define MAX_EXPIRE_PER_SHARD 4096
 
@@ -203,8 +219,10 @@ static struct rec_list *backend_list(struct shard *sh, uint32_t b)
     return &sh->backends[b];
 }
 
-static void unlink_rec(struct tether_session_table *t, struct shard *sh, struct rec *r)
+static void unlink_rec(struct tether_session_table *t, struct shard *sh, struct rec *r,
+                       enum tether_session_event ev)
 {
+    notify(t, ev, r, r->backend);
     struct rec **pp = &sh->buckets[r->hash & (sh->nbuckets - 1)];
     while (*pp != r)
         pp = &(*pp)->hnext;
@@ -235,7 +253,7 @@ static int evict_one(struct tether_session_table *t, struct shard *sh)
         TAILQ_FOREACH(r, lists[i], use)
         {
             if (r->inflight == 0) {
-                unlink_rec(t, sh, r);
+                unlink_rec(t, sh, r, TETHER_SESSION_EV_EVICTED);
                 sh->stats.evicted++;
                 return 0;
             }
@@ -339,7 +357,7 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
     pthread_mutex_lock(&sh->lock);
     struct rec *r = find(sh, key, len, hash);
     if (r && r->inflight == 0 && due(t, r, now_ms)) {
-        unlink_rec(t, sh, r);
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
         sh->stats.expired++;
         r = NULL;
     }
@@ -388,6 +406,7 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
     r->requests = 1;
     r->inflight = 1;
     fill(r, out);
+    notify(t, TETHER_SESSION_EV_CREATED, r, r->backend);
     rc = TETHER_SESSION_CREATED;
 out:
     pthread_mutex_unlock(&sh->lock);
@@ -405,7 +424,7 @@ void tether_session_release(struct tether_session_table *t, const char *key, siz
             r->inflight--;
         /* Past its lifetime while busy: it goes with its last request. */
         if (r->inflight == 0 && r->created_ms + t->lim.max_lifetime_ms <= now_ms) {
-            unlink_rec(t, sh, r);
+            unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
             sh->stats.expired++;
         } else {
             touch(sh, r, now_ms);
@@ -424,7 +443,7 @@ int tether_session_bind(struct tether_session_table *t, const char *key, size_t 
     pthread_mutex_lock(&sh->lock);
     struct rec *r = find(sh, key, len, hash);
     if (r && r->inflight == 0 && due(t, r, now_ms)) {
-        unlink_rec(t, sh, r);
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
         sh->stats.expired++;
         r = NULL;
     }
@@ -454,6 +473,8 @@ int tether_session_bind(struct tether_session_table *t, const char *key, size_t 
     if (r)
         atomic_fetch_add(&t->loads[b], 1);
     pthread_mutex_unlock(&t->place_lock);
+    if (r)
+        notify(t, TETHER_SESSION_EV_CREATED, r, b);
     rc = r ? 0 : -ENOMEM;
 out:
     pthread_mutex_unlock(&sh->lock);
@@ -472,7 +493,7 @@ int tether_session_end(struct tether_session_table *t, const char *key, size_t l
     } else if (r->backend != b || r->epoch != epoch) {
         rc = -ESTALE;
     } else {
-        unlink_rec(t, sh, r);
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_ENDED);
         sh->stats.ended++;
     }
     pthread_mutex_unlock(&sh->lock);
@@ -504,6 +525,7 @@ static int move_rec(struct tether_session_table *t, struct shard *sh, struct rec
     r->backend = (uint32_t)b;
     r->epoch++;
     sh->stats.moved++;
+    notify(t, TETHER_SESSION_EV_MOVED, r, r->moved_from);
     return 1;
 }
 
@@ -705,7 +727,7 @@ static size_t sweep_use(struct tether_session_table *t, struct shard *sh, struct
             busy++;
             continue;
         }
-        unlink_rec(t, sh, r);
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
         n++;
     }
     return n;
@@ -730,7 +752,7 @@ size_t tether_session_expire(struct tether_session_table *t, size_t from, size_t
         while (n < MAX_EXPIRE_PER_SHARD && r && r->created_ms + t->lim.max_lifetime_ms <= now_ms) {
             struct rec *next = TAILQ_NEXT(r, age);
             if (r->inflight == 0) {
-                unlink_rec(t, sh, r);
+                unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
                 n++;
             }
             r = next;
@@ -759,4 +781,29 @@ void tether_session_stats(struct tether_session_table *t, struct tether_session_
     }
     out->state_bytes = atomic_load(&t->state_bytes);
     out->state_refused = atomic_load(&t->state_refused);
+}
+
+int tether_session_forget(struct tether_session_table *t, const char *key, size_t len,
+                          uint64_t hash)
+{
+    struct shard *sh = shard_of(t, hash);
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, key, len, hash);
+    if (r) {
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_FORGOTTEN);
+        sh->stats.ended++;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return r ? 0 : -ENOENT;
+}
+
+void tether_session_set_limits(struct tether_session_table *t,
+                               const struct tether_session_limits *lim)
+{
+    /* Every reader of the limits holds a shard lock: take them all. */
+    for (size_t i = 0; i < t->nshards; i++)
+        pthread_mutex_lock(&t->shards[i].lock);
+    t->lim = *lim;
+    for (size_t i = t->nshards; i-- > 0;)
+        pthread_mutex_unlock(&t->shards[i].lock);
 }
