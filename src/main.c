@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "tether/config.h"
+#include "tether/admin.h"
 #include "tether/health.h"
 #include "tether/net.h"
 #include "tether/proxy.h"
@@ -25,20 +26,37 @@
 
 struct daemon {
     struct event_base *base;
-    struct tether_config *cfg;
-    struct tether_proxy *proxy;
+    const char *path;            /* the configuration file */
+    struct tether_proxy *proxy;  /* owns the running config */
     struct tether_net *net;
     struct tether_health *health;
-    const char **names; /* backend names by index, for snapshots */
+    struct tether_admin *admin;
+    pthread_mutex_t reload_lock; /* SIGHUP and POST /api/v1/reload */
+    uint64_t rotated_ms;         /* last ticket key rotation */
 };
+
+/* Backend names by slot ("" for an empty one), for snapshots. */
+static const char **slot_names(struct tether_proxy *p, size_t *n)
+{
+    *n = atomic_load(&p->nbackends);
+    const char **names = calloc(*n ? *n : 1, sizeof(*names));
+    for (size_t i = 0; names && i < *n; i++)
+        names[i] = atomic_load(&p->backends[i].present) ? p->backends[i].name : "";
+    return names;
+}
 
 /* Save the session table if a snapshot file is configured; logs the outcome. */
 static void snapshot_save(struct daemon *d, bool final)
 {
-    const char *path = d->cfg->state.snapshot;
-    if (!path[0] || !d->names)
+    const char *path = d->proxy->cfg->state.snapshot;
+    if (!path[0])
         return;
-    long n = tether_state_snapshot_save(path, d->proxy->sessions, d->names, d->cfg->nbackends);
+    size_t nnames;
+    pthread_mutex_lock(&d->proxy->lock);
+    const char **names = slot_names(d->proxy, &nnames);
+    long n = names ? tether_state_snapshot_save(path, d->proxy->sessions, names, nnames) : -ENOMEM;
+    pthread_mutex_unlock(&d->proxy->lock);
+    free(names);
     if (n < 0)
         tether_log_error("snapshot %s: not saved: %s", path, strerror((int)-n));
     else if (final)
@@ -69,12 +87,6 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(d->base, NULL);
 }
 
-static void on_ticket_rotation(evutil_socket_t fd, short what, void *arg)
-{
-    if (tether_tls_tickets_rotate() < 0)
-        tether_log_error("session ticket key rotation failed; the current key stays");
-}
-
 /* The shortest ticket_rotation of the TLS listeners, 0 when there is none. */
 static uint64_t ticket_rotation_ms(const struct tether_config *cfg)
 {
@@ -87,17 +99,102 @@ static uint64_t ticket_rotation_ms(const struct tether_config *cfg)
     return ms;
 }
 
-/* SIGHUP: certificates and keys are read again; the rest of the file is not (yet). */
-static void on_hup(evutil_socket_t sig, short what, void *arg)
+/* Once a second: ticket keys when due (the interval may change on reload), drains. */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    int n = tether_proxy_reload_certificates(d->proxy);
-    if (n < 0)
-        tether_log_error("SIGHUP: certificates not reloaded; the running ones stay");
-    else
-        tether_log_info("SIGHUP: certificates of %d TLS listener%s reloaded (other settings "
-                        "need a restart in this version)",
-                        n, n == 1 ? "" : "s");
+    uint64_t rot = ticket_rotation_ms(d->proxy->cfg), now = tether_now_ms();
+    if (rot && now - d->rotated_ms >= rot) {
+        d->rotated_ms = now;
+        if (tether_tls_tickets_rotate() < 0)
+            tether_log_error("session ticket key rotation failed; the current key stays");
+    }
+    tether_proxy_drain_tick(d->proxy);
+}
+
+/*
+ * A reload (SIGHUP, POST /api/v1/reload): the file is read and checked in
+ * full first (syntax, values, files, certificates, new listen addresses);
+ * only then do the proxy and the workers take it. On any error the
+ * running configuration stays and rep->errors says why.
+ */
+static int reload(void *arg, struct tether_reload_report *rep)
+{
+    struct daemon *d = arg;
+    pthread_mutex_lock(&d->reload_lock);
+    struct tether_config_errors errs = {0};
+    struct tether_config *ncfg = tether_config_load(d->path, &errs);
+    if (ncfg && tether_tls_check(ncfg, &errs) > 0) {
+        tether_config_free(ncfg);
+        ncfg = NULL;
+    }
+    for (size_t i = 0; i < errs.n; i++) {
+        const struct tether_config_error *e = &errs.items[i];
+        if (e->warning)
+            continue;
+        bool key = e->key && e->key[0];
+        if (e->line > 0)
+            tether_strlist_addf(rep->errors, "%s:%d:%d: %s%s%s", d->path, e->line, e->col,
+                                key ? e->key : "", key ? ": " : "", e->message);
+        else
+            tether_strlist_addf(rep->errors, "%s: %s%s%s", d->path, key ? e->key : "",
+                                key ? ": " : "", e->message);
+    }
+    if (!ncfg && rep->errors->n == 0)
+        tether_strlist_addf(rep->errors, "%s: cannot be loaded", d->path);
+    tether_config_errors_deinit(&errs);
+    int rc = -1;
+    if (ncfg && tether_net_reload_prepare(d->net, ncfg, rep->changes, rep->errors) == 0) {
+        if (tether_proxy_reload(d->proxy, ncfg, rep) == 0) {
+            ncfg = NULL; /* the proxy's now */
+            tether_net_reload_commit(d->net);
+            tether_health_rescan(d->health);
+            tether_log_set_level(d->proxy->cfg->log.level);
+            rc = 0;
+        } else {
+            tether_net_reload_abort(d->net);
+        }
+    }
+    tether_config_free(ncfg);
+    if (rc == 0 && d->admin && d->proxy->cfg->admin.token_file)
+        tether_admin_set_token(d->admin, d->proxy->cfg->admin.token_file);
+    pthread_mutex_unlock(&d->reload_lock);
+    return rc;
+}
+
+/* Log a reload's outcome, one line per item. */
+static void report_log(const char *who, int rc, const struct tether_reload_report *rep)
+{
+    if (rc < 0) {
+        for (size_t i = 0; i < rep->errors->n; i++)
+            tether_log_error("%s: %s", who, rep->errors->v[i]);
+        tether_log_error("%s: configuration not reloaded; the running one stays", who);
+        return;
+    }
+    for (size_t i = 0; i < rep->changes->n; i++)
+        tether_log_info("%s: %s", who, rep->changes->v[i]);
+    for (size_t i = 0; i < rep->restart_required->n; i++)
+        tether_log_warn("%s: %s", who, rep->restart_required->v[i]);
+    for (size_t i = 0; i < rep->dropped->n; i++)
+        tether_log_warn("%s: runtime change dropped: %s", who, rep->dropped->v[i]);
+    tether_log_info("%s: configuration reloaded (%zu change%s)", who, rep->changes->n,
+                    rep->changes->n == 1 ? "" : "s");
+}
+
+static int reload_logged(void *arg, struct tether_reload_report *rep)
+{
+    int rc = reload(arg, rep);
+    report_log("reload", rc, rep);
+    return rc;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    struct tether_strlist l[4] = {{0}};
+    struct tether_reload_report rep = {&l[0], &l[1], &l[2], &l[3]};
+    report_log("SIGHUP", reload(arg, &rep), &rep);
+    for (size_t i = 0; i < 4; i++)
+        tether_strlist_clear(&l[i]);
 }
 
 /* Wait for the workers until the deadline, then make them stop. */
@@ -166,23 +263,30 @@ int main(int argc, char **argv)
     tether_log_set_level(cfg->log.level);
     signal(SIGPIPE, SIG_IGN);
 
-    struct daemon d = {.cfg = cfg};
+    struct daemon d = {.path = path, .rotated_ms = tether_now_ms()};
+    pthread_mutex_init(&d.reload_lock, NULL);
     int rc = 1;
-    d.base = event_base_new();
-    d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
     if (cfg->state.store == TETHER_STORE_REDIS) {
         tether_log_error("state.store: redis is not available in this version; use memory");
-        goto out;
+        tether_config_free(cfg);
+        return 1;
     }
-    if (d.proxy && cfg->state.snapshot[0]) {
-        d.names = calloc(cfg->nbackends, sizeof(*d.names));
-        if (!d.names)
+    d.base = event_base_new();
+    d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
+    if (!d.base)
+        tether_config_free(cfg);
+    if (!d.proxy)
+        goto out;
+    tether_proxy_observe_sessions(d.proxy);
+    if (cfg->state.snapshot[0]) {
+        size_t nnames;
+        const char **names = slot_names(d.proxy, &nnames);
+        if (!names)
             goto out;
-        for (size_t i = 0; i < cfg->nbackends; i++)
-            d.names[i] = cfg->backends[i].name;
         char why[128];
-        long n = tether_state_snapshot_load(cfg->state.snapshot, d.proxy->sessions, d.names,
-                                            cfg->nbackends, why, sizeof(why));
+        long n = tether_state_snapshot_load(cfg->state.snapshot, d.proxy->sessions, names, nnames,
+                                            why, sizeof(why));
+        free(names);
         if (n < 0)
             tether_log_error("snapshot %s: ignored: %s", cfg->state.snapshot, why);
         else if (n > 0)
@@ -201,20 +305,17 @@ int main(int argc, char **argv)
         if (sigs[i])
             evsignal_add(sigs[i], NULL);
     struct event *rotation = NULL, *snapshots = NULL;
-    if (d.names) {
+    if (cfg->state.snapshot[0]) {
         uint64_t ms = cfg->state.snapshot_interval_ms;
         struct timeval tv = tether_timeval_ms(ms);
         snapshots = event_new(d.base, -1, EV_PERSIST, on_snapshot, &d);
         if (snapshots)
             event_add(snapshots, &tv);
     }
-    uint64_t rot = ticket_rotation_ms(cfg);
-    if (rot) {
-        struct timeval tv = tether_timeval_ms(rot);
-        rotation = event_new(d.base, -1, EV_PERSIST, on_ticket_rotation, NULL);
-        if (rotation)
-            event_add(rotation, &tv);
-    }
+    struct timeval second = {1, 0};
+    rotation = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
+    if (rotation)
+        event_add(rotation, &second);
     int err = tether_net_start(d.net);
     if (err < 0) {
         tether_log_error("cannot start workers: %s", strerror(-err));
@@ -223,6 +324,13 @@ int main(int argc, char **argv)
         goto out_sigs;
     }
     d.health = tether_health_start(d.proxy);
+    if (d.health && cfg->admin.enabled) {
+        d.admin = tether_admin_start(d.proxy, cfg, reload_logged, &d);
+        if (!d.admin) {
+            tether_health_stop(d.health);
+            d.health = NULL;
+        }
+    }
     if (!d.health) {
         tether_net_stop(d.net);
         tether_net_join(d.net);
@@ -234,10 +342,12 @@ int main(int argc, char **argv)
                     cfg->nbackends == 1 ? "" : "s");
     event_base_dispatch(d.base);
 
-    /* No checks, hence no moves, while the workers drain. */
+    /* No checks, hence no moves, while the workers drain; no admin changes either. */
+    atomic_store(&d.proxy->stopping, 1);
+    tether_admin_stop(d.admin);
     tether_health_stop(d.health);
     tether_net_stop(d.net);
-    join_within(d.net, cfg->shutdown_timeout_ms);
+    join_within(d.net, d.proxy->cfg->shutdown_timeout_ms);
     snapshot_save(&d, true);
     tether_log_info("stopped");
     rc = 0;
@@ -254,7 +364,6 @@ out:
     tether_proxy_free(d.proxy);
     if (d.base)
         event_base_free(d.base);
-    free(d.names);
-    tether_config_free(cfg);
+    pthread_mutex_destroy(&d.reload_lock);
     return rc;
 }

@@ -21,6 +21,9 @@ struct tether_health;
  */
 struct tether_health *tether_health_start(struct tether_proxy *proxy);
 
+/* Backends were added: start checking them. Thread: any; accepts NULL. */
+void tether_health_rescan(struct tether_health *h);
+
 /* Stop the thread and free everything; accepts NULL. */
 void tether_health_stop(struct tether_health *h);
 

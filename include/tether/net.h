@@ -46,6 +46,21 @@ void tether_net_join(struct tether_net *net);
 struct timespec;
 int tether_net_join_until(struct tether_net *net, const struct timespec *deadline);
 
+/*
+ * A reload, in two steps around the proxy's: prepare binds the listen
+ * addresses the new file adds (so a bad one fails the reload before
+ * anything changes) and lists the changes; commit hands every worker its
+ * new listener set (unchanged addresses keep their sockets and queues) and
+ * the proxy's new config, and waits up to 1 s for them; abort drops what
+ * prepare made. One reload at a time.
+ */
+struct tether_config;
+struct tether_strlist;
+int tether_net_reload_prepare(struct tether_net *net, const struct tether_config *ncfg,
+                              struct tether_strlist *changes, struct tether_strlist *errors);
+void tether_net_reload_commit(struct tether_net *net);
+void tether_net_reload_abort(struct tether_net *net);
+
 /* Frees a joined (or never started) net; accepts NULL. */
 void tether_net_free(struct tether_net *net);
 

@@ -44,11 +44,12 @@ struct check {
     uint32_t passes; /* in a row, since seen_up last changed */
     uint32_t fails;
     int seen_up; /* backend state when the counters were last updated */
+    uint32_t gen; /* the slot's generation the counters are about */
+    bool active;  /* its tick is scheduled */
 };
 
 struct tether_health {
     struct tether_proxy *proxy;             /* borrowed */
-    const struct tether_config_health *cfg; /* borrowed: lives as long as the config */
     struct event_base *base;
     struct tether_stream_loop *loop;
     int wake[2]; /* pipe: tether_health_stop() writes one byte */
@@ -59,6 +60,12 @@ struct tether_health {
     pthread_t thread;
     bool started;
 };
+
+/* The running config's health settings (a reload may change them). */
+static inline const struct tether_config_health *hcfg(const struct tether_health *h)
+{
+    return &atomic_load(&h->proxy->cfg)->health;
+}
 
 /* Short words for the causes an operator sees most; strerror for the rest. */
 static const char *errtext(int err)
@@ -127,10 +134,11 @@ static void verdict(struct check *c, bool ok, const char *fmt, ...)
         c->passes = c->fails = 0;
     }
     if (ok) {
+        atomic_fetch_add_explicit(&be->checks_ok, 1, memory_order_relaxed);
         c->fails = 0;
         if (c->passes < UINT32_MAX)
             c->passes++;
-        if (!up && c->passes >= h->cfg->rise) {
+        if (!up && c->passes >= hcfg(h)->rise) {
             snprintf(reason, sizeof(reason), "active: %u checks passed", c->passes);
             tether_health_set(h->proxy, c->index, true, reason);
             c->seen_up = 1;
@@ -138,11 +146,12 @@ static void verdict(struct check *c, bool ok, const char *fmt, ...)
         }
         return;
     }
+    atomic_fetch_add_explicit(&be->checks_failed, 1, memory_order_relaxed);
     tether_log_debug("backend %s: health check failed: %s", be->name, what);
     c->passes = 0;
     if (c->fails < UINT32_MAX)
         c->fails++;
-    if (up && c->fails >= h->cfg->fall) {
+    if (up && c->fails >= hcfg(h)->fall) {
         snprintf(reason, sizeof(reason), "active: %s", what);
         tether_health_set(h->proxy, c->index, false, reason);
         c->seen_up = 0;
@@ -154,7 +163,7 @@ static void verdict(struct check *c, bool ok, const char *fmt, ...)
 static void on_read(struct tether_stream *s, void *arg)
 {
     struct check *c = arg;
-    const char *path = c->h->cfg->path;
+    const char *path = hcfg(c->h)->path;
     struct evbuffer *in = tether_stream_get_input(s);
 
     for (size_t len; (len = evbuffer_get_length(in)) > 0;) {
@@ -195,12 +204,12 @@ static void on_event(struct tether_stream *s, short what, void *arg)
     int err = errno;
 
     if (what & BEV_EVENT_CONNECTED) {
-        const char *addr = h->proxy->cfg->backends[c->index].address;
+        const char *addr = h->proxy->backends[c->index].address;
         c->phase = WAITING;
         evbuffer_add_printf(tether_stream_get_output(s),
                             "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tether-health\r\n"
                             "Connection: close\r\n\r\n",
-                            h->cfg->path, addr);
+                            hcfg(h)->path, addr);
         tether_stream_enable(s, EV_READ | EV_WRITE);
         return;
     }
@@ -213,23 +222,23 @@ static void on_event(struct tether_stream *s, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_EOF)
-        verdict(c, false, "GET %s: closed before a full response head", h->cfg->path);
+        verdict(c, false, "GET %s: closed before a full response head", hcfg(h)->path);
     else
-        verdict(c, false, "GET %s: %s", h->cfg->path,
+        verdict(c, false, "GET %s: %s", hcfg(h)->path,
                 errtext(what & BEV_EVENT_TIMEOUT ? ETIMEDOUT : err));
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
     struct check *c = arg;
-    verdict(c, false, "timeout after %llums", (unsigned long long)c->h->cfg->timeout_ms);
+    verdict(c, false, "timeout after %llums", (unsigned long long)hcfg(c->h)->timeout_ms);
 }
 
 static void start_check(struct check *c)
 {
     struct tether_health *h = c->h;
     struct tether_backend *be = &h->proxy->backends[c->index];
-    struct tether_tls_client *tls = h->proxy->tls_backends[c->index];
+    struct tether_tls_client *tls = __atomic_load_n(&h->proxy->tls_backends[c->index], __ATOMIC_ACQUIRE);
 
     if (tls) {
         c->ssl = tether_tls_client_ssl(tls);
@@ -246,7 +255,7 @@ static void start_check(struct check *c)
     }
     c->phase = CONNECTING;
     tether_stream_setcb(c->s, on_read, NULL, on_event, c);
-    struct timeval tv = tether_timeval_ms(h->cfg->timeout_ms);
+    struct timeval tv = tether_timeval_ms(hcfg(h)->timeout_ms);
     event_add(&c->deadline, &tv);
     int err = tether_stream_connect(c->s, (const struct sockaddr *)&be->addr, be->addrlen);
     if (err < 0)
@@ -256,7 +265,7 @@ static void start_check(struct check *c)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct check *c = arg;
-    struct timeval tv = tether_timeval_ms(c->h->cfg->interval_ms);
+    struct timeval tv = tether_timeval_ms(hcfg(c->h)->interval_ms);
     event_add(&c->tick, &tv);
     /* One check at a time per backend: one still running (a timeout not
        shorter than the interval) has this tick skipped. */
@@ -265,13 +274,44 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     start_check(c);
 }
 
+/* Start the ticks of backends added since the last look; the first check at once. */
+static void rescan(struct tether_health *h)
+{
+    size_t n = atomic_load(&h->proxy->nbackends);
+    for (size_t i = 0; i < n && i < h->nchecks; i++) {
+        struct check *c = &h->checks[i];
+        if (c->active || !atomic_load(&h->proxy->backends[i].present))
+            continue;
+        c->active = true;
+        c->gen = atomic_load(&h->proxy->backends[i].gen);
+        c->passes = c->fails = 0;
+        c->seen_up = atomic_load(&h->proxy->backends[i].up) ? 1 : 0;
+        struct timeval now = {0, 0};
+        event_add(&c->tick, &now);
+    }
+}
+
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct tether_health *h = arg;
     char buf[16];
     ssize_t n = read(fd, buf, sizeof(buf));
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == 'q') {
+            event_base_loopbreak(h->base);
+            return;
+        }
+    }
+    rescan(h);
+}
+
+void tether_health_rescan(struct tether_health *h)
+{
+    if (!h)
+        return;
+    char cmd = 'n';
+    ssize_t n = write(h->wake[1], &cmd, 1);
     (void)n;
-    event_base_loopbreak(h->base);
 }
 
 static void *run(void *arg)
@@ -305,14 +345,13 @@ static void health_free(struct tether_health *h)
 
 struct tether_health *tether_health_start(struct tether_proxy *proxy)
 {
-    const struct tether_config_health *cfg = &proxy->cfg->health;
+    const struct tether_config_health *cfg = &atomic_load(&proxy->cfg)->health;
     struct tether_health *h = calloc(1, sizeof(*h));
     if (!h) {
         tether_log_error("health checks: out of memory");
         return NULL;
     }
     h->proxy = proxy;
-    h->cfg = cfg;
     h->wake[0] = h->wake[1] = -1;
 
     struct event_config *ec = event_config_new();
@@ -322,8 +361,8 @@ struct tether_health *tether_health_start(struct tether_proxy *proxy)
         event_config_free(ec);
     }
     h->loop = h->base ? tether_stream_loop_new(h->base) : NULL;
-    h->nchecks = proxy->nbackends;
-    h->checks = calloc(h->nchecks, sizeof(*h->checks)); /* nbackends >= 1 */
+    h->nchecks = TETHER_PROXY_MAX_BACKENDS;
+    h->checks = calloc(h->nchecks, sizeof(*h->checks));
     if (!h->loop || !h->checks)
         goto nomem;
     if (pipe2(h->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
@@ -335,15 +374,20 @@ struct tether_health *tether_health_start(struct tether_proxy *proxy)
         goto nomem;
     h->wake_added = true;
 
+    size_t n = atomic_load(&proxy->nbackends);
     for (size_t i = 0; i < h->nchecks; i++) {
         struct check *c = &h->checks[i];
         c->h = h;
         c->index = (uint32_t)i;
-        c->seen_up = atomic_load(&proxy->backends[i].up) ? 1 : 0;
         event_assign(&c->tick, h->base, -1, 0, on_tick, c);
         event_assign(&c->deadline, h->base, -1, 0, on_deadline, c);
+        if (i >= n || !atomic_load(&proxy->backends[i].present))
+            continue;
+        c->seen_up = atomic_load(&proxy->backends[i].up) ? 1 : 0;
+        c->gen = atomic_load(&proxy->backends[i].gen);
+        c->active = true;
         /* Spread the first checks over the first interval. */
-        struct timeval tv = tether_timeval_ms(cfg->interval_ms * i / h->nchecks);
+        struct timeval tv = tether_timeval_ms(cfg->interval_ms * i / n);
         if (event_add(&c->tick, &tv) < 0)
             goto nomem;
     }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "tether/admin.h"
 #include "tether/health.h"
 #include "tether/proxy.h"
 #include "tether/session.h"
@@ -25,12 +26,11 @@ int tether_health_set(struct tether_proxy *p, uint32_t b, bool up, const char *r
     atomic_store(&be->passive_fails, 0);
     if (up) {
         tether_log_info("backend %s is up: %s", be->name, reason);
+        tether_events_publishf("backend.up", "{s:s,s:s}", "backend", be->name, "reason", reason);
         return 1;
     }
-    struct tether_placer *pl = tether_placer_new(p);
-    size_t n = pl ? tether_session_move_backend(p->sessions, b, tether_placer_place, pl) : 0;
-    tether_placer_free(pl);
-    atomic_fetch_add(&be->moved, n);
+    tether_events_publishf("backend.down", "{s:s,s:s}", "backend", be->name, "reason", reason);
+    size_t n = tether_proxy_move_backend(p, b, TETHER_MOVE_DOWN);
     tether_log_warn("backend %s is down: %s; %zu session%s moved", be->name, reason, n,
                     n == 1 ? "" : "s");
     return 1;

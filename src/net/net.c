@@ -41,6 +41,14 @@ struct worker {
     size_t nlisteners;
     int wake[2]; /* pipe: the main thread writes a command byte */
     struct event *wake_ev;
+    /* A reload's listeners for this worker: for each new listen entry, the
+       old listener it keeps (>= 0) or a new socket (fd). */
+    struct pending {
+        ssize_t *keep;
+        int *fd;
+        size_t n;
+    } pending;
+    _Atomic int reloaded;
 };
 
 struct tether_net {
@@ -131,6 +139,55 @@ static void on_drained(void *arg)
     event_base_loopexit(wk->base, NULL);
 }
 
+static void pending_clear(struct pending *pd, bool close_fds)
+{
+    for (size_t i = 0; close_fds && pd->fd && i < pd->n; i++)
+        if (pd->fd[i] >= 0)
+            close(pd->fd[i]);
+    free(pd->keep);
+    free(pd->fd);
+    *pd = (struct pending){0};
+}
+
+/* In the worker's thread: take the new listener set and the new config. */
+static void apply_reload(struct worker *wk)
+{
+    struct pending *pd = &wk->pending;
+    struct listener *nl = calloc(pd->n ? pd->n : 1, sizeof(*nl));
+    if (!nl) {
+        tether_log_error("worker %d: reload: out of memory; listeners unchanged", wk->id);
+        pending_clear(pd, true);
+    } else {
+        for (size_t i = 0; i < pd->n; i++) {
+            struct listener *l = &nl[i];
+            l->worker = wk;
+            l->index = i;
+            if (pd->keep[i] >= 0) {
+                l->ev = wk->listeners[pd->keep[i]].ev;
+                wk->listeners[pd->keep[i]].ev = NULL;
+            } else if (!wk->stopping) {
+                l->ev = evconnlistener_new(wk->base, on_accept, l,
+                                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1,
+                                           pd->fd[i]);
+                if (!l->ev)
+                    close(pd->fd[i]);
+                pd->fd[i] = -1;
+            }
+            if (l->ev) {
+                evconnlistener_set_cb(l->ev, on_accept, l);
+                evconnlistener_set_error_cb(l->ev, on_accept_error);
+            }
+        }
+        close_listeners(wk); /* the ones the new file does not name */
+        free(wk->listeners);
+        wk->listeners = nl;
+        wk->nlisteners = pd->n;
+        pending_clear(pd, true);
+    }
+    tether_proxy_worker_reload(wk->proxy);
+    atomic_store(&wk->reloaded, 1);
+}
+
 /* Commands from the main thread; the bases are lock-free, so a pipe is the only way in. */
 static void on_wake(evutil_socket_t fd, short what, void *arg)
 {
@@ -140,6 +197,8 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     for (ssize_t i = 0; i < n; i++) {
         if (cmd[i] == 'b') {
             event_base_loopbreak(wk->base);
+        } else if (cmd[i] == 'r') {
+            apply_reload(wk);
         } else if (cmd[i] == 's' && !wk->stopping) {
             wk->stopping = true;
             close_listeners(wk);
@@ -163,7 +222,7 @@ static void *run(void *arg)
 
 static int worker_init(struct tether_net *net, struct worker *wk, int id)
 {
-    const struct tether_config *cfg = net->proxy->cfg;
+    const struct tether_config *cfg = atomic_load(&net->proxy->cfg);
     wk->net = net;
     wk->id = id;
     /* One thread per base: no locks. The changelist folds an event removed
@@ -208,7 +267,7 @@ struct tether_net *tether_net_new(struct tether_proxy *proxy)
     if (!net)
         return NULL;
     net->proxy = proxy;
-    net->nworkers = proxy->cfg->workers;
+    net->nworkers = atomic_load(&proxy->cfg)->workers;
     net->workers = calloc(net->nworkers, sizeof(*net->workers));
     if (!net->workers)
         goto fail;
@@ -281,6 +340,7 @@ void tether_net_free(struct tether_net *net)
         return;
     for (size_t i = 0; net->workers && i < net->nworkers; i++) {
         struct worker *wk = &net->workers[i];
+        pending_clear(&wk->pending, true);
         if (wk->listeners) {
             close_listeners(wk);
             free(wk->listeners);
@@ -297,4 +357,83 @@ void tether_net_free(struct tether_net *net)
     }
     free(net->workers);
     free(net);
+}
+
+/* The index of address in cfg's listen entries, or -1. */
+static ssize_t find_listen(const struct tether_config *cfg, const char *address)
+{
+    struct sockaddr_storage a, b;
+    socklen_t al, bl;
+    if (tether_sockaddr_parse(address, &a, &al) < 0)
+        return -1;
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        if (tether_sockaddr_parse(cfg->listens[i].address, &b, &bl) == 0 && al == bl &&
+            memcmp(&a, &b, al) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+int tether_net_reload_prepare(struct tether_net *net, const struct tether_config *ncfg,
+                              struct tether_strlist *changes, struct tether_strlist *errors)
+{
+    const struct tether_config *ocfg = atomic_load(&net->proxy->cfg);
+    for (size_t w = 0; w < net->nworkers; w++) {
+        struct pending *pd = &net->workers[w].pending;
+        pending_clear(pd, true);
+        pd->n = ncfg->nlistens;
+        pd->keep = calloc(pd->n ? pd->n : 1, sizeof(*pd->keep));
+        pd->fd = calloc(pd->n ? pd->n : 1, sizeof(*pd->fd));
+        if (!pd->keep || !pd->fd)
+            goto nomem;
+        for (size_t i = 0; i < pd->n; i++)
+            pd->fd[i] = -1;
+        for (size_t i = 0; i < pd->n; i++) {
+            pd->keep[i] = find_listen(ocfg, ncfg->listens[i].address);
+            if (pd->keep[i] >= 0)
+                continue;
+            int fd = bind_socket(ncfg->listens[i].address, w == 0);
+            if (fd < 0) {
+                tether_strlist_addf(errors, "listen %s: %s", ncfg->listens[i].address,
+                                    strerror(-fd));
+                tether_net_reload_abort(net);
+                return -1;
+            }
+            pd->fd[i] = fd;
+        }
+    }
+    for (size_t i = 0; i < ncfg->nlistens; i++)
+        if (find_listen(ocfg, ncfg->listens[i].address) < 0)
+            tether_strlist_addf(changes, "listener %s added", ncfg->listens[i].address);
+    for (size_t i = 0; i < ocfg->nlistens; i++)
+        if (find_listen(ncfg, ocfg->listens[i].address) < 0)
+            tether_strlist_addf(changes, "listener %s removed", ocfg->listens[i].address);
+    return 0;
+nomem:
+    tether_strlist_addf(errors, "out of memory");
+    tether_net_reload_abort(net);
+    return -1;
+}
+
+void tether_net_reload_abort(struct tether_net *net)
+{
+    for (size_t w = 0; w < net->nworkers; w++)
+        pending_clear(&net->workers[w].pending, true);
+}
+
+void tether_net_reload_commit(struct tether_net *net)
+{
+    for (size_t w = 0; w < net->nworkers; w++) {
+        atomic_store(&net->workers[w].reloaded, 0);
+        send_cmd(&net->workers[w], 'r');
+    }
+    /* Wait (bounded) so that the caller's answer describes what runs. */
+    for (int i = 0; i < 200; i++) {
+        size_t done = 0;
+        for (size_t w = 0; w < net->nworkers; w++)
+            done += atomic_load(&net->workers[w].reloaded) || !net->workers[w].started;
+        if (done == net->nworkers)
+            return;
+        usleep(5000);
+    }
+    tether_log_warn("reload: a worker has not taken the new configuration within 1s");
 }

@@ -33,12 +33,35 @@ static size_t json_escape(char *dst, size_t cap, const char *s, size_t n)
     return o;
 }
 
+/* The request's figures for the metrics: status class per backend, duration. */
+static void count(struct conn *c, uint64_t now)
+{
+    struct tether_proxy *p = c->w->proxy;
+    struct tether_proxy_stats *st = &p->stats[c->w->id];
+    atomic_fetch_add_explicit(&st->requests, 1, memory_order_relaxed);
+    if (c->backend >= 0) {
+        unsigned cls = c->status >= 100 && c->status < 600 ? (unsigned)c->status / 100 : 0;
+        atomic_fetch_add_explicit(&p->backends[c->backend].status[cls], 1, memory_order_relaxed);
+    } else if (c->status >= 400 && c->status < 500) {
+        atomic_fetch_add_explicit(&st->rejected, 1, memory_order_relaxed);
+    }
+    if (!c->t_start)
+        return;
+    uint64_t us = now - c->t_start;
+    size_t i = 0;
+    while (i < TETHER_PROXY_HIST_BUCKETS && (double)us > tether_proxy_hist_le[i] * 1e6)
+        i++;
+    atomic_fetch_add_explicit(&st->hist[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->hist_sum_us, us, memory_order_relaxed);
+}
+
 void accesslog_write(struct conn *c)
 {
     struct tether_proxy *p = c->w->proxy;
+    uint64_t now = tether_now_us();
+    count(c, now);
     if (p->access_fd < 0)
         return;
-    uint64_t now = tether_now_us();
     char method[64], path[1600], when[64], session[24] = "-";
     method[json_escape(method, sizeof(method), c->method, strnlen(c->method, sizeof(c->method)))] =
         '\0';

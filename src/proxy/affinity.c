@@ -113,8 +113,8 @@ struct tether_placer *tether_placer_new(struct tether_proxy *p)
     if (!pl)
         return NULL;
     pl->proxy = p;
-    pl->loads = calloc(p->nbackends, sizeof(*pl->loads));
-    pl->cands = calloc(p->nbackends, sizeof(*pl->cands));
+    pl->loads = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*pl->loads));
+    pl->cands = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*pl->cands));
     if (!pl->loads || !pl->cands) {
         tether_placer_free(pl);
         return NULL;
@@ -136,21 +136,31 @@ int tether_placer_place(void *ctx, uint64_t hash, int prefer)
 {
     struct tether_placer *pl = ctx;
     struct tether_proxy *p = pl->proxy;
-    tether_session_loads(p->sessions, pl->loads, p->nbackends);
-    for (size_t i = 0; i < p->nbackends; i++) {
+    size_t n = atomic_load_explicit(&p->nbackends, memory_order_acquire);
+    tether_session_loads(p->sessions, pl->loads, n);
+    for (size_t i = 0; i < n; i++) {
+        const struct tether_backend *b = &p->backends[i];
         struct tether_lb_candidate *cd = &pl->cands[i];
         cd->load = pl->loads[i];
-        cd->weight = p->backends[i].weight;
-        cd->cap = p->cfg->backends[i].max_sessions;
-        cd->usable = (unsigned char)atomic_load(&p->backends[i].up);
+        cd->weight = b->weight;
+        cd->cap = b->max_sessions;
+        cd->usable = (unsigned char)tether_backend_takes_new(b);
     }
+    if (prefer >= (int)n)
+        prefer = -1;
     if (prefer >= 0) {
         const struct tether_lb_candidate *cd = &pl->cands[prefer];
         if (cd->usable && (cd->cap == 0 || cd->load < cd->cap))
             return prefer;
     }
-    return tether_lb_bounded_pick(p->ring, hash, pl->cands, p->nbackends,
-                                  p->cfg->balance.load_factor);
+    /* The ring may lag a backend added this instant: it is simply not picked yet. */
+    const struct tether_ring *ring = atomic_load_explicit(&p->ring, memory_order_acquire);
+    size_t nodes = tether_ring_nodes(ring);
+    int b = tether_lb_bounded_pick(ring, hash, pl->cands, nodes < n ? nodes : n,
+                                   p->cfg->balance.load_factor);
+    if (b >= 0)
+        atomic_fetch_add_explicit(&p->stats[0].placements, 1, memory_order_relaxed);
+    return b;
 }
 
 static void mint(struct conn *c)
@@ -249,17 +259,17 @@ int affinity_reroute(struct conn *c)
     struct tether_session_info info;
     int b = c->backend;
     if (!c->session) {
-        if (atomic_load(&p->backends[b].up))
+        if (tether_backend_serves(&p->backends[b]))
             return 0;
         b = proxy_pick_least(w);
     } else {
         if (tether_session_get(p->sessions, c->key, c->key_len, c->key_hash, &info) < 0)
-            return atomic_load(&p->backends[b].up) ? 0 : -1;
+            return tether_backend_serves(&p->backends[b]) ? 0 : -1;
         b = (int)info.backend;
-        if (!atomic_load(&p->backends[b].up))
+        if (!tether_backend_serves(&p->backends[b]))
             b = tether_session_move(p->sessions, c->key, c->key_len, c->key_hash, info.backend,
                                     tether_placer_place, w->placer, &info);
-        if (b >= 0 && !atomic_load(&p->backends[b].up))
+        if (b >= 0 && !tether_backend_serves(&p->backends[b]))
             b = -1;
         if (b >= 0) {
             c->epoch = info.epoch;

@@ -36,7 +36,7 @@ static void arm(struct conn *c, enum conn_timer mode)
                   : mode == T_IDLE   ? t->client_idle_ms
                   : mode == T_TUNNEL ? t->backend_idle_ms
                   : (mode == T_PEEK || mode == T_HANDSHAKE)
-                      ? c->w->cfg->listens[c->listen].tls->handshake_timeout_ms
+                      ? c->handshake_ms
                       : TETHER_PROXY_LINGER_MS;
     struct timeval tv = tether_timeval_ms(ms);
     c->timer_mode = mode;
@@ -176,7 +176,8 @@ void conn_error(struct conn *c, int status, const char *what)
 void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool retryable)
 {
     struct tether_proxy *p = c->w->proxy;
-    if (c->backend >= 0 && !atomic_load(&p->backends[c->backend].up) && c->moves < p->nbackends) {
+    if (c->backend >= 0 && !tether_backend_serves(&p->backends[c->backend]) &&
+        c->moves < p->nbackends) {
         /* Following a move is not a retry: the session has a new home. */
         int old = c->backend;
         if (affinity_reroute(c) < 0) {
@@ -247,8 +248,7 @@ static void on_peek(evutil_socket_t fd, short what, void *arg)
     }
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
     if (first == 22) {
-        SSL *ssl =
-            tether_tls_server_ssl(__atomic_load_n(&w->proxy->tls[c->listen], __ATOMIC_ACQUIRE));
+        SSL *ssl = tether_tls_server_ssl(c->tls_srv);
         if (!ssl) {
             conn_free(c);
             return;
@@ -290,6 +290,12 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     c->fd = fd;
     c->listen = listen;
     c->tls = w->cfg->listens[listen].tls != NULL;
+    if (c->tls) {
+        /* Taken now: a reload may renumber listeners and replace contexts
+           (an old one lives longer than any handshake that uses it). */
+        c->handshake_ms = w->cfg->listens[listen].tls->handshake_timeout_ms;
+        c->tls_srv = atomic_load(&p->tls)[listen];
+    }
     c->backend = -1;
     c->state = C_HEAD;
     TAILQ_INSERT_TAIL(&w->conns, c, link);
@@ -706,9 +712,9 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->id = id;
     w->loop = tether_stream_loop_new(base);
     TAILQ_INIT(&w->conns);
-    w->pools = calloc(proxy->nbackends, sizeof(*w->pools));
-    w->scratch_inflight = calloc(proxy->nbackends, sizeof(*w->scratch_inflight));
-    w->scratch_up = calloc(proxy->nbackends, sizeof(*w->scratch_up));
+    w->pools = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*w->pools));
+    w->scratch_inflight = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*w->scratch_inflight));
+    w->scratch_up = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*w->scratch_up));
     w->placer = tether_placer_new(proxy);
     w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
     struct timeval second = {1, 0};
@@ -717,9 +723,14 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
         tether_proxy_worker_free(w);
         return NULL;
     }
-    for (size_t i = 0; i < proxy->nbackends; i++)
+    for (size_t i = 0; i < TETHER_PROXY_MAX_BACKENDS; i++)
         TAILQ_INIT(&w->pools[i].idle);
     return w;
+}
+
+void tether_proxy_worker_reload(struct tether_proxy_worker *w)
+{
+    w->cfg = atomic_load(&w->proxy->cfg);
 }
 
 void tether_proxy_worker_free(struct tether_proxy_worker *w)

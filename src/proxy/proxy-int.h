@@ -75,7 +75,9 @@ struct conn {
     enum conn_state state;
     bool tls;
     int fd;                      /* until the stream exists (TLS listeners peek first) */
-    size_t listen;               /* index in cfg->listens */
+    size_t listen;               /* index in cfg->listens at accept */
+    uint64_t handshake_ms;       /* TLS listeners: handshake_timeout */
+    struct tether_tls_server *tls_srv;
     char peer[46];
 
     /* The request in progress. */
@@ -135,6 +137,7 @@ struct upstream {
     SSL *ssl;                    /* borrowed from bev when the backend speaks TLS */
     struct conn *c;              /* NULL while pooled */
     int backend;
+    uint32_t gen;                /* the backend slot's generation at connect */
     enum up_state state;
     bool reused;                 /* taken from the pool for this request */
     bool got_bytes;              /* any response byte arrived for this request */
@@ -154,7 +157,7 @@ struct pool {
 
 struct tether_proxy_worker {
     struct tether_proxy *proxy;
-    const struct tether_config *cfg; /* borrowed from proxy */
+    const struct tether_config *cfg; /* the proxy's, as of this worker's last reload */
     struct event_base *base;
     struct tether_stream_loop *loop;
     int id;

@@ -10,17 +10,93 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tether/admin.h"
 #include "tether/lb.h"
 #include "tether/session.h"
 #include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
-struct retired_tls {
-    struct retired_tls *next;
-    struct tether_tls_server *srv;
+/* Things replaced while workers may still read them: freed after a grace
+   period long enough for any reader (a placement, a handshake) to finish.
+   Configs stay until the end: connections hold pointers into them. */
+enum retired_kind { R_RING, R_TLS_SERVER, R_TLS_ARRAY, R_CONFIG, R_TLS_CLIENT };
+
+struct retired {
+    struct retired *next;
+    enum retired_kind kind;
+    void *ptr;
     uint64_t at_ms;
 };
+
+const double tether_proxy_hist_le[TETHER_PROXY_HIST_BUCKETS] = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10,
+};
+
+const char *tether_move_reason_name(enum tether_move_reason r)
+{
+    static const char *const names[] = {"down", "disabled", "removed", "drained", "admin"};
+    return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "unknown";
+}
+
+static void retired_free_one(struct retired *r)
+{
+    switch (r->kind) {
+    case R_RING:
+        tether_ring_free(r->ptr);
+        break;
+    case R_TLS_SERVER:
+        tether_tls_server_free(r->ptr);
+        break;
+    case R_TLS_ARRAY:
+        free(r->ptr);
+        break;
+    case R_CONFIG:
+        tether_config_free(r->ptr);
+        break;
+    case R_TLS_CLIENT:
+        tether_tls_client_free(r->ptr);
+        break;
+    }
+    free(r);
+}
+
+/* Keep ptr until nothing can read it. Lock: p->lock (or single-threaded). */
+static void retire(struct tether_proxy *p, enum retired_kind kind, void *ptr)
+{
+    if (!ptr)
+        return;
+    struct retired *r = calloc(1, sizeof(*r));
+    if (!r)
+        return; /* without memory to remember it, it is kept for good */
+    *r = (struct retired){.next = p->retired, .kind = kind, .ptr = ptr, .at_ms = tether_now_ms()};
+    p->retired = r;
+}
+
+/* Free what has been retired for longer than grace_ms (configs excepted). */
+static void retired_sweep(struct tether_proxy *p, uint64_t grace_ms)
+{
+    uint64_t now = tether_now_ms();
+    struct retired **rp = &p->retired;
+    while (*rp) {
+        struct retired *r = *rp;
+        if (r->kind != R_CONFIG && r->at_ms + grace_ms < now) {
+            *rp = r->next;
+            retired_free_one(r);
+        } else {
+            rp = &r->next;
+        }
+    }
+}
+
+static uint64_t longest_handshake(const struct tether_config *cfg)
+{
+    uint64_t longest = 0;
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        if (cfg->listens[i].tls && cfg->listens[i].tls->handshake_timeout_ms > longest)
+            longest = cfg->listens[i].tls->handshake_timeout_ms;
+    return longest;
+}
 
 static void log_errors(struct tether_config_errors *errs)
 {
@@ -29,41 +105,148 @@ static void log_errors(struct tether_config_errors *errs)
                    errs->items[e].key ? errs->items[e].key : "tls", errs->items[e].message);
 }
 
-struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
+/* Build and publish the ring of the present backends. Lock: p->lock. */
+static int rebuild_ring(struct tether_proxy *p, uint32_t vnodes)
+{
+    size_t n = atomic_load(&p->nbackends);
+    struct tether_ring_node *nodes = calloc(n ? n : 1, sizeof(*nodes));
+    if (!nodes)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const struct tether_backend *b = &p->backends[i];
+        bool in = atomic_load(&b->present);
+        nodes[i] = (struct tether_ring_node){.name = b->name, .weight = in ? b->weight : 0};
+    }
+    struct tether_ring *ring = tether_ring_new(nodes, n, vnodes);
+    free(nodes);
+    if (!ring)
+        return -1;
+    retire(p, R_RING, atomic_exchange(&p->ring, ring));
+    return 0;
+}
+
+int tether_proxy_backend_find(struct tether_proxy *p, const char *name)
+{
+    size_t n = atomic_load(&p->nbackends);
+    for (size_t i = 0; i < n; i++)
+        if (atomic_load(&p->backends[i].present) && strcmp(p->backends[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* A slot nothing refers to any more: empty, nothing in flight, no session. */
+static int free_slot(struct tether_proxy *p)
+{
+    size_t n = atomic_load(&p->nbackends);
+    for (size_t i = 0; i < n; i++) {
+        struct tether_backend *b = &p->backends[i];
+        if (!atomic_load(&b->present) && atomic_load(&b->inflight) == 0 &&
+            tether_session_load(p->sessions, (uint32_t)i) == 0 &&
+            tether_now_ms() > b->drain_since_ms + 60000)
+            return (int)i;
+    }
+    return n < TETHER_PROXY_MAX_BACKENDS ? (int)n : -1;
+}
+
+/* Fill a slot and make it present. Lock: p->lock. */
+static int slot_fill(struct tether_proxy *p, const struct tether_config *cfg, size_t cfg_index,
+                     const char *name, const char *address, uint32_t weight,
+                     uint64_t max_sessions, bool runtime, char *err, size_t errlen)
+{
+    if (!tether_config_backend_name_valid(name)) {
+        snprintf(err, errlen, "backend name %s: 1 to %d characters of A-Z a-z 0-9 - _ . :", name,
+                 TETHER_BACKEND_NAME_MAX - 1);
+        return -EINVAL;
+    }
+    if (strlen(address) >= TETHER_BACKEND_ADDR_MAX) {
+        snprintf(err, errlen, "backend %s: address too long", name);
+        return -EINVAL;
+    }
+    if (weight == 0 || weight > 1000) {
+        snprintf(err, errlen, "backend %s: weight must be 1..1000", name);
+        return -EINVAL;
+    }
+    if (tether_proxy_backend_find(p, name) >= 0) {
+        snprintf(err, errlen, "backend %s exists", name);
+        return -EEXIST;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (tether_sockaddr_parse(address, &ss, &sslen) < 0) {
+        snprintf(err, errlen, "backend %s: cannot use address %s (an IP address and port)", name,
+                 address);
+        return -EINVAL;
+    }
+    struct tether_tls_client *tls = NULL;
+    if (cfg && cfg->backends[cfg_index].tls) {
+        struct tether_config_errors errs = {0};
+        tls = tether_tls_client_new(cfg, cfg_index, &errs);
+        log_errors(&errs);
+        tether_config_errors_deinit(&errs);
+        if (!tls) {
+            snprintf(err, errlen, "backend %s: TLS settings unusable", name);
+            return -EINVAL;
+        }
+    }
+    int slot = free_slot(p);
+    if (slot < 0) {
+        tether_tls_client_free(tls);
+        snprintf(err, errlen, "at most %d backends", TETHER_PROXY_MAX_BACKENDS);
+        return -ENOSPC;
+    }
+    struct tether_backend *b = &p->backends[slot];
+    if ((size_t)slot == atomic_load(&p->nbackends))
+        pthread_mutex_init(&b->state_lock, NULL);
+    pthread_mutex_lock(&b->state_lock);
+    snprintf(b->name, sizeof(b->name), "%s", name);
+    snprintf(b->address, sizeof(b->address), "%s", address);
+    b->addr = ss;
+    b->addrlen = sslen;
+    b->weight = weight;
+    b->max_sessions = max_sessions;
+    b->runtime = runtime;
+    b->drain_since_ms = 0;
+    snprintf(b->reason, sizeof(b->reason), runtime ? "added at run time" : "configured");
+    b->changed_ms = tether_wall_ms();
+    b->last_check_ms = 0;
+    b->last_check_ok = false;
+    pthread_mutex_unlock(&b->state_lock);
+    atomic_store(&b->admin, TETHER_BACKEND_ACTIVE);
+    atomic_store(&b->passive_fails, 0);
+    atomic_store(&b->up, 1);
+    atomic_fetch_add(&b->gen, 1);
+    retire(p, R_TLS_CLIENT, p->tls_backends[slot]);
+    __atomic_store_n(&p->tls_backends[slot], tls, __ATOMIC_RELEASE);
+    p->weights[slot] = weight;
+    atomic_store_explicit(&b->present, 1, memory_order_release);
+    if ((size_t)slot == atomic_load(&p->nbackends))
+        atomic_store(&p->nbackends, (size_t)slot + 1);
+    return slot;
+}
+
+struct tether_proxy *tether_proxy_new(struct tether_config *cfg)
 {
     struct tether_proxy *p = calloc(1, sizeof(*p));
-    struct tether_ring_node *nodes = NULL;
-    if (!p)
+    if (!p) {
+        tether_config_free(cfg);
         return NULL;
-    p->cfg = cfg;
-    p->access_fd = -1;
-    p->nbackends = cfg->nbackends;
-    p->backends = calloc(cfg->nbackends, sizeof(*p->backends));
-    p->weights = calloc(cfg->nbackends, sizeof(*p->weights));
-    nodes = calloc(cfg->nbackends, sizeof(*nodes));
-    if (!p->backends || !p->weights || !nodes)
-        goto fail;
-    for (size_t i = 0; i < cfg->nbackends; i++) {
-        const struct tether_config_backend *cb = &cfg->backends[i];
-        struct tether_backend *b = &p->backends[i];
-        b->name = cb->name;
-        b->weight = cb->weight;
-        p->weights[i] = cb->weight;
-        atomic_store(&b->up, 1);
-        pthread_mutex_init(&b->state_lock, NULL);
-        snprintf(b->reason, sizeof(b->reason), "configured");
-        b->changed_ms = tether_wall_ms();
-        if (tether_sockaddr_parse(cb->address, &b->addr, &b->addrlen) < 0) {
-            tether_log_error("backend %s: cannot use address %s", cb->name, cb->address);
-            goto fail;
-        }
-        nodes[i] = (struct tether_ring_node){.name = cb->name, .weight = cb->weight};
     }
-    p->ring = tether_ring_new(nodes, cfg->nbackends, cfg->balance.vnodes);
-    if (!p->ring)
+    atomic_init(&p->cfg, cfg);
+    p->access_fd = -1;
+    p->started_ms = tether_wall_ms();
+    pthread_mutex_init(&p->lock, NULL);
+    p->backends = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*p->backends));
+    p->weights = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*p->weights));
+    p->tls_backends = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*p->tls_backends));
+    p->nstats = cfg->workers ? cfg->workers : 1;
+    p->stats = aligned_alloc(64, p->nstats * sizeof(*p->stats));
+    if (!p->backends || !p->weights || !p->tls_backends || !p->stats)
         goto fail;
-    free(nodes);
-    nodes = NULL;
+    memset(p->stats, 0, p->nstats * sizeof(*p->stats));
+    if (cfg->nbackends > TETHER_PROXY_MAX_BACKENDS) {
+        tether_log_error("at most %d backends", TETHER_PROXY_MAX_BACKENDS);
+        goto fail;
+    }
     struct tether_session_limits lim = {
         .max_sessions = cfg->session.max_sessions,
         .max_state_bytes = cfg->session.max_state_bytes,
@@ -71,41 +254,33 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
         .max_lifetime_ms = cfg->session.max_lifetime_ms,
         .provisional_timeout_ms = cfg->session.provisional_timeout_ms,
     };
-    if (cfg->nbackends > TETHER_SESSION_MAX_BACKENDS) {
-        tether_log_error("at most %d backends", TETHER_SESSION_MAX_BACKENDS);
-        goto fail;
-    }
     p->sessions = tether_session_table_new(&lim, 0);
     if (!p->sessions)
         goto fail;
-
-    p->tls = calloc(cfg->nlistens, sizeof(*p->tls));
-    if (!p->tls)
+    for (size_t i = 0; i < cfg->nbackends; i++) {
+        const struct tether_config_backend *cb = &cfg->backends[i];
+        char err[256];
+        if (slot_fill(p, cfg, i, cb->name, cb->address, cb->weight, cb->max_sessions, false, err,
+                      sizeof(err)) < 0) {
+            tether_log_error("%s", err);
+            goto fail;
+        }
+    }
+    if (rebuild_ring(p, cfg->balance.vnodes) < 0)
         goto fail;
+
+    struct tether_tls_server **tls = calloc(cfg->nlistens, sizeof(*tls));
+    if (!tls)
+        goto fail;
+    atomic_init(&p->tls, tls);
     for (size_t i = 0; i < cfg->nlistens; i++) {
         if (!cfg->listens[i].tls)
             continue;
         struct tether_config_errors errs = {0};
-        p->tls[i] = tether_tls_server_new(cfg, i, &errs);
+        tls[i] = tether_tls_server_new(cfg, i, &errs);
         log_errors(&errs);
         tether_config_errors_deinit(&errs);
-        if (!p->tls[i])
-            goto fail;
-    }
-
-    p->tls_backends = calloc(cfg->nbackends, sizeof(*p->tls_backends));
-    if (!p->tls_backends)
-        goto fail;
-    for (size_t i = 0; i < cfg->nbackends; i++) {
-        if (!cfg->backends[i].tls)
-            continue;
-        struct tether_config_errors errs = {0};
-        p->tls_backends[i] = tether_tls_client_new(cfg, i, &errs);
-        for (size_t e = 0; e < errs.n; e++)
-            tether_log_error("%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
-                             errs.items[e].message);
-        tether_config_errors_deinit(&errs);
-        if (!p->tls_backends[i])
+        if (!tls[i])
             goto fail;
     }
 
@@ -121,63 +296,59 @@ struct tether_proxy *tether_proxy_new(const struct tether_config *cfg)
     }
     return p;
 fail:
-    free(nodes);
     tether_proxy_free(p);
     return NULL;
 }
 
-int tether_proxy_reload_certificates(struct tether_proxy *p)
+/* Contexts for every TLS listener of cfg, all or nothing. */
+static struct tether_tls_server **tls_build(const struct tether_config *cfg,
+                                            struct tether_config_errors *errs)
 {
-    const struct tether_config *cfg = p->cfg;
-    struct tether_tls_server **fresh = calloc(cfg->nlistens, sizeof(*fresh));
-    struct tether_config_errors errs = {0};
-    if (!fresh)
-        return -1;
-    uint64_t longest = 0;
-    int n = 0, bad = 0;
-    for (size_t i = 0; i < cfg->nlistens; i++) {
+    struct tether_tls_server **fresh = calloc(cfg->nlistens ? cfg->nlistens : 1, sizeof(*fresh));
+    bool bad = !fresh;
+    for (size_t i = 0; fresh && i < cfg->nlistens; i++) {
         if (!cfg->listens[i].tls)
             continue;
-        if (cfg->listens[i].tls->handshake_timeout_ms > longest)
-            longest = cfg->listens[i].tls->handshake_timeout_ms;
-        fresh[i] = tether_tls_server_new(cfg, i, &errs);
+        fresh[i] = tether_tls_server_new(cfg, i, errs);
         bad |= !fresh[i];
     }
-    log_errors(&errs);
-    tether_config_errors_deinit(&errs);
-    if (bad) {
+    if (bad && fresh) {
         for (size_t i = 0; i < cfg->nlistens; i++)
             tether_tls_server_free(fresh[i]);
         free(fresh);
-        return -1;
+        fresh = NULL;
     }
-    /* A handshake reads its context's certificate list (SNI) until it ends:
-       an old context goes once every handshake that may use it is over. */
-    uint64_t now = tether_now_ms();
-    struct retired_tls **rp = &p->retired;
-    while (*rp) {
-        struct retired_tls *r = *rp;
-        if (r->at_ms + 2 * longest + 1000 < now) {
-            *rp = r->next;
-            tether_tls_server_free(r->srv);
-            free(r);
-        } else {
-            rp = &r->next;
-        }
+    return fresh;
+}
+
+/* Publish a new array of TLS contexts; the old ones go once no handshake can use them. */
+static void tls_swap(struct tether_proxy *p, const struct tether_config *old_cfg,
+                     struct tether_tls_server **fresh)
+{
+    struct tether_tls_server **old = atomic_exchange(&p->tls, fresh);
+    for (size_t i = 0; old && i < old_cfg->nlistens; i++)
+        retire(p, R_TLS_SERVER, old[i]);
+    retire(p, R_TLS_ARRAY, old);
+}
+
+int tether_proxy_reload_certificates(struct tether_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    const struct tether_config *cfg = atomic_load(&p->cfg);
+    struct tether_config_errors errs = {0};
+    struct tether_tls_server **fresh = tls_build(cfg, &errs);
+    log_errors(&errs);
+    tether_config_errors_deinit(&errs);
+    int n = -1;
+    if (fresh) {
+        n = 0;
+        for (size_t i = 0; i < cfg->nlistens; i++)
+            n += fresh[i] != NULL;
+        /* A handshake reads its context's certificate list (SNI) until it ends. */
+        retired_sweep(p, 2 * longest_handshake(cfg) + 1000);
+        tls_swap(p, cfg, fresh);
     }
-    for (size_t i = 0; i < cfg->nlistens; i++) {
-        if (!fresh[i])
-            continue;
-        struct tether_tls_server *old = __atomic_exchange_n(&p->tls[i], fresh[i], __ATOMIC_ACQ_REL);
-        struct retired_tls *r = calloc(1, sizeof(*r));
-        if (r) {
-            *r = (struct retired_tls){.next = p->retired, .srv = old, .at_ms = now};
-            p->retired = r;
-        }
-        /* Without memory to remember it, the old context is kept for good. */
-        n++;
-    }
-    free(fresh);
+    pthread_mutex_unlock(&p->lock);
     return n;
 }
 
@@ -185,24 +356,30 @@ void tether_proxy_free(struct tether_proxy *p)
 {
     if (!p)
         return;
+    const struct tether_config *cfg = atomic_load(&p->cfg);
     while (p->retired) {
-        struct retired_tls *r = p->retired;
+        struct retired *r = p->retired;
         p->retired = r->next;
-        tether_tls_server_free(r->srv);
-        free(r);
+        retired_free_one(r);
     }
     if (p->access_fd >= 0)
         close(p->access_fd);
-    for (size_t i = 0; p->tls && i < p->cfg->nlistens; i++)
-        tether_tls_server_free(p->tls[i]);
-    free(p->tls);
-    for (size_t i = 0; p->tls_backends && i < p->nbackends; i++)
+    struct tether_tls_server **tls = atomic_load(&p->tls);
+    for (size_t i = 0; tls && i < cfg->nlistens; i++)
+        tether_tls_server_free(tls[i]);
+    free(tls);
+    for (size_t i = 0; p->tls_backends && i < TETHER_PROXY_MAX_BACKENDS; i++)
         tether_tls_client_free(p->tls_backends[i]);
     free(p->tls_backends);
-    tether_ring_free(p->ring);
+    tether_ring_free(atomic_load(&p->ring));
     tether_session_table_free(p->sessions);
+    for (size_t i = 0; p->backends && i < atomic_load(&p->nbackends); i++)
+        pthread_mutex_destroy(&p->backends[i].state_lock);
     free(p->backends);
     free(p->weights);
+    free(p->stats);
+    pthread_mutex_destroy(&p->lock);
+    tether_config_free((struct tether_config *)cfg);
     free(p);
 }
 
@@ -210,11 +387,443 @@ void tether_proxy_free(struct tether_proxy *p)
 int proxy_pick_least(struct tether_proxy_worker *w)
 {
     struct tether_proxy *p = w->proxy;
-    for (size_t i = 0; i < p->nbackends; i++) {
+    size_t n = atomic_load_explicit(&p->nbackends, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
         w->scratch_inflight[i] = atomic_load(&p->backends[i].inflight);
-        w->scratch_up[i] = (unsigned char)atomic_load(&p->backends[i].up);
+        w->scratch_up[i] = (unsigned char)tether_backend_takes_new(&p->backends[i]);
     }
-    size_t start = atomic_fetch_add(&p->rr, 1) % p->nbackends;
-    return tether_lb_least_inflight(w->scratch_inflight, p->weights, w->scratch_up, p->nbackends,
-                                    start);
+    size_t start = atomic_fetch_add(&p->rr, 1) % n;
+    return tether_lb_least_inflight(w->scratch_inflight, p->weights, w->scratch_up, n, start);
+}
+
+/*
+ * Moves. The reason of the moves a thread is making, for the observer
+ * (the session table calls it under a shard lock, in the mover's thread).
+ */
+static __thread int move_reason = TETHER_MOVE_DOWN;
+
+static void observe(void *ctx, enum tether_session_event ev, const char *key, size_t len,
+                    uint32_t backend, uint32_t from, uint32_t epoch)
+{
+    struct tether_proxy *p = ctx;
+    static const char *const types[] = {
+        [TETHER_SESSION_EV_CREATED] = "session.created",
+        [TETHER_SESSION_EV_MOVED] = "session.moved",
+        [TETHER_SESSION_EV_EXPIRED] = "session.expired",
+        [TETHER_SESSION_EV_EVICTED] = "session.expired",
+        [TETHER_SESSION_EV_ENDED] = "session.ended",
+        [TETHER_SESSION_EV_FORGOTTEN] = "session.ended",
+    };
+    if (ev == TETHER_SESSION_EV_MOVED)
+        atomic_fetch_add_explicit(&p->moves_by_reason[move_reason], 1, memory_order_relaxed);
+    if (!tether_events_wanted())
+        return;
+    const char *name = p->backends[backend].name;
+    if (ev == TETHER_SESSION_EV_MOVED)
+        tether_events_publishf(types[ev], "{s:s%,s:s,s:s,s:i,s:s}", "key", key, len, "from",
+                               p->backends[from].name, "to", name, "epoch", (int)epoch,
+                               "reason", tether_move_reason_name(move_reason));
+    else if (ev == TETHER_SESSION_EV_EVICTED || ev == TETHER_SESSION_EV_FORGOTTEN)
+        tether_events_publishf(types[ev], "{s:s%,s:s,s:s}", "key", key, len, "backend", name,
+                               "why", ev == TETHER_SESSION_EV_EVICTED ? "evicted" : "forgotten");
+    else
+        tether_events_publishf(types[ev], "{s:s%,s:s}", "key", key, len, "backend", name);
+}
+
+void tether_proxy_observe_sessions(struct tether_proxy *p)
+{
+    tether_session_observe(p->sessions, observe, p);
+}
+
+size_t tether_proxy_move_backend(struct tether_proxy *p, uint32_t b, enum tether_move_reason why)
+{
+    struct tether_placer *pl = tether_placer_new(p);
+    if (!pl)
+        return 0;
+    int saved = move_reason;
+    move_reason = why;
+    size_t n = tether_session_move_backend(p->sessions, b, tether_placer_place, pl);
+    move_reason = saved;
+    tether_placer_free(pl);
+    atomic_fetch_add(&p->backends[b].moved, n);
+    return n;
+}
+
+/* tether_session_place_fn for a move to one chosen backend. */
+static int place_on(void *ctx, uint64_t hash, int prefer)
+{
+    (void)hash;
+    (void)prefer;
+    return *(const int *)ctx;
+}
+
+int tether_proxy_move_session(struct tether_proxy *p, const char *key, size_t len, uint32_t to,
+                              struct tether_session_info *out)
+{
+    uint64_t hash = tether_ring_hash(key, len);
+    struct tether_session_info info;
+    if (tether_session_get(p->sessions, key, len, hash, &info) < 0)
+        return -ENOENT;
+    if (info.backend == to) {
+        *out = info;
+        return 0;
+    }
+    int target = (int)to;
+    int saved = move_reason;
+    move_reason = TETHER_MOVE_ADMIN;
+    int rc = tether_session_move(p->sessions, key, len, hash, info.backend, place_on, &target, out);
+    move_reason = saved;
+    if (rc == -ENOENT)
+        return -ENOENT;
+    if (rc != (int)to)
+        return -EAGAIN; /* it moved meanwhile */
+    atomic_fetch_add(&p->backends[info.backend].moved, 1);
+    return 0;
+}
+
+static void set_reason(struct tether_backend *b, const char *reason)
+{
+    pthread_mutex_lock(&b->state_lock);
+    snprintf(b->reason, sizeof(b->reason), "%s", reason);
+    b->changed_ms = tether_wall_ms();
+    pthread_mutex_unlock(&b->state_lock);
+}
+
+int tether_proxy_backend_add(struct tether_proxy *p, const char *name, const char *address,
+                             uint32_t weight, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&p->lock);
+    const struct tether_config *cfg = atomic_load(&p->cfg);
+    int slot = slot_fill(p, NULL, 0, name, address, weight, 0, true, err, errlen);
+    if (slot >= 0 && rebuild_ring(p, cfg->balance.vnodes) < 0) {
+        atomic_store(&p->backends[slot].present, 0);
+        snprintf(err, errlen, "out of memory");
+        slot = -ENOMEM;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (slot >= 0) {
+        tether_log_info("backend %s (%s) added at run time", name, address);
+        tether_events_publishf("backend.added", "{s:s,s:s}", "backend", name, "address", address);
+    }
+    return slot;
+}
+
+/* Take slot b out and move its sessions. Lock: p->lock. */
+static size_t slot_remove(struct tether_proxy *p, uint32_t b, const struct tether_config *cfg)
+{
+    struct tether_backend *be = &p->backends[b];
+    atomic_store(&be->present, 0);
+    p->weights[b] = 0;
+    be->drain_since_ms = tether_now_ms(); /* the slot is reused a while after */
+    set_reason(be, "removed");
+    rebuild_ring(p, cfg->balance.vnodes);
+    size_t n = tether_proxy_move_backend(p, b, TETHER_MOVE_REMOVED);
+    tether_log_info("backend %s removed; %zu session%s moved", be->name, n, n == 1 ? "" : "s");
+    tether_events_publishf("backend.removed", "{s:s,s:i}", "backend", be->name, "moved", (int)n);
+    return n;
+}
+
+long tether_proxy_backend_remove(struct tether_proxy *p, const char *name)
+{
+    pthread_mutex_lock(&p->lock);
+    int b = tether_proxy_backend_find(p, name);
+    long n = b < 0 ? -ENOENT : (long)slot_remove(p, (uint32_t)b, atomic_load(&p->cfg));
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+long tether_proxy_backend_admin(struct tether_proxy *p, const char *name,
+                                enum tether_backend_admin to)
+{
+    static const char *const what[] = {"enabled", "draining", "disabled"};
+    pthread_mutex_lock(&p->lock);
+    int b = tether_proxy_backend_find(p, name);
+    if (b < 0) {
+        pthread_mutex_unlock(&p->lock);
+        return -ENOENT;
+    }
+    struct tether_backend *be = &p->backends[b];
+    int from = atomic_exchange(&be->admin, (int)to);
+    long moved = 0;
+    if (from != (int)to) {
+        char reason[64];
+        snprintf(reason, sizeof(reason), "%s by the admin API", what[to]);
+        set_reason(be, reason);
+        if (to == TETHER_BACKEND_DRAINING)
+            be->drain_since_ms = tether_now_ms();
+        tether_log_info("backend %s %s", be->name, reason);
+        if (to == TETHER_BACKEND_DISABLED)
+            moved = (long)tether_proxy_move_backend(p, (uint32_t)b, TETHER_MOVE_DISABLED);
+        const char *ev = to == TETHER_BACKEND_ACTIVE     ? "backend.enabled"
+                         : to == TETHER_BACKEND_DRAINING ? "backend.draining"
+                                                         : "backend.disabled";
+        tether_events_publishf(ev, "{s:s,s:s,s:i}", "backend", be->name, "reason", reason,
+                               "moved", (int)moved);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return moved;
+}
+
+void tether_proxy_drain_tick(struct tether_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    const struct tether_config *cfg = atomic_load(&p->cfg);
+    uint64_t now = tether_now_ms();
+    size_t n = atomic_load(&p->nbackends);
+    for (size_t i = 0; i < n; i++) {
+        struct tether_backend *be = &p->backends[i];
+        if (!atomic_load(&be->present) || atomic_load(&be->admin) != TETHER_BACKEND_DRAINING ||
+            be->drain_since_ms + cfg->drain_timeout_ms > now ||
+            tether_session_load(p->sessions, (uint32_t)i) == 0)
+            continue;
+        size_t moved = tether_proxy_move_backend(p, (uint32_t)i, TETHER_MOVE_DRAINED);
+        if (moved)
+            tether_log_info("backend %s: drain_timeout passed; %zu session%s moved", be->name,
+                            moved, moved == 1 ? "" : "s");
+    }
+    retired_sweep(p, 2 * longest_handshake(cfg) + 10000);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Is backend b (present) as the file's entry cb says? */
+static bool same_address(const struct tether_backend *b, const struct tether_config_backend *cb)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    return tether_sockaddr_parse(cb->address, &ss, &len) == 0 && len == b->addrlen &&
+           memcmp(&ss, &b->addr, len) == 0;
+}
+
+int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
+                        struct tether_reload_report *rep)
+{
+    pthread_mutex_lock(&p->lock);
+    const struct tether_config *ocfg = atomic_load(&p->cfg);
+    struct tether_config_errors errs = {0};
+    struct tether_tls_server **fresh = tls_build(ncfg, &errs);
+    for (size_t e = 0; e < errs.n; e++)
+        tether_strlist_addf(rep->errors, "%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
+                            errs.items[e].message);
+    tether_config_errors_deinit(&errs);
+    if (!fresh) {
+        pthread_mutex_unlock(&p->lock);
+        return -1;
+    }
+    /* Backend TLS settings are checked before anything changes. */
+    for (size_t i = 0; i < ncfg->nbackends; i++) {
+        if (!ncfg->backends[i].tls)
+            continue;
+        struct tether_tls_client *probe = tether_tls_client_new(ncfg, i, &errs);
+        for (size_t e = 0; e < errs.n; e++)
+            tether_strlist_addf(rep->errors, "%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
+                                errs.items[e].message);
+        tether_config_errors_deinit(&errs);
+        if (!probe) {
+            for (size_t j = 0; j < ncfg->nlistens; j++)
+                tether_tls_server_free(fresh[j]);
+            free(fresh);
+            pthread_mutex_unlock(&p->lock);
+            return -1;
+        }
+        tether_tls_client_free(probe);
+    }
+
+    /* Restart-only settings keep their running values. */
+    if (ncfg->workers != ocfg->workers) {
+        tether_strlist_addf(rep->restart_required, "workers: %u stays until a restart (file: %u)",
+                            ocfg->workers, ncfg->workers);
+        ncfg->workers = ocfg->workers;
+    }
+    if (ncfg->state.store != ocfg->state.store) {
+        tether_strlist_addf(rep->restart_required, "state.store: takes effect on restart");
+        ncfg->state.store = ocfg->state.store;
+    }
+    const char *oa = ocfg->admin.listen ? ocfg->admin.listen : "";
+    const char *na = ncfg->admin.listen ? ncfg->admin.listen : "";
+    if (strcmp(oa, na) != 0) {
+        tether_strlist_addf(rep->restart_required, "admin.listen: takes effect on restart");
+        char *keep = ncfg->admin.listen;
+        ncfg->admin.listen = ocfg->admin.listen ? strdup(ocfg->admin.listen) : NULL;
+        free(keep);
+    }
+
+    /* Backends, matched by name. Additions first, so that the sessions of a
+       removed (or re-addressed) backend can move to the new ones. */
+    size_t n = atomic_load(&p->nbackends);
+    bool ring_dirty = ncfg->balance.vnodes != ocfg->balance.vnodes;
+    unsigned char *keep = calloc(TETHER_PROXY_MAX_BACKENDS, 1);
+    for (size_t j = 0; keep && j < ncfg->nbackends; j++) {
+        const struct tether_config_backend *cb = &ncfg->backends[j];
+        int b = tether_proxy_backend_find(p, cb->name);
+        if (b >= 0 && !p->backends[b].runtime && same_address(&p->backends[b], cb)) {
+            struct tether_backend *be = &p->backends[b];
+            keep[b] = 1;
+            if (be->weight != cb->weight) {
+                tether_strlist_addf(rep->changes, "backend %s: weight %u -> %u", cb->name,
+                                    be->weight, cb->weight);
+                be->weight = cb->weight;
+                p->weights[b] = cb->weight;
+                ring_dirty = true;
+            }
+            be->max_sessions = cb->max_sessions;
+            if (atomic_load(&be->admin) != TETHER_BACKEND_ACTIVE) {
+                tether_strlist_addf(rep->dropped, "backend %s: %s set at run time", cb->name,
+                                    atomic_load(&be->admin) == TETHER_BACKEND_DRAINING
+                                        ? "drain"
+                                        : "disable");
+                atomic_store(&be->admin, TETHER_BACKEND_ACTIVE);
+                set_reason(be, "reload: as the file says");
+            }
+            /* Backend TLS: a fresh client context whenever the file has one. */
+            if (cb->tls) {
+                struct tether_tls_client *tls = tether_tls_client_new(ncfg, j, &errs);
+                tether_config_errors_deinit(&errs);
+                if (tls) {
+                    retire(p, R_TLS_CLIENT, p->tls_backends[b]);
+                    __atomic_store_n(&p->tls_backends[b], tls, __ATOMIC_RELEASE);
+                }
+            } else if (p->tls_backends[b]) {
+                retire(p, R_TLS_CLIENT, p->tls_backends[b]);
+                __atomic_store_n(&p->tls_backends[b], NULL, __ATOMIC_RELEASE);
+            }
+            continue;
+        }
+        char err[256];
+        if (b >= 0) {
+            /* A runtime addition or an address change: the file's entry replaces it. */
+            if (p->backends[b].runtime)
+                tether_strlist_addf(rep->dropped, "backend %s added at run time: replaced by the file",
+                                    cb->name);
+            else
+                tether_strlist_addf(rep->changes, "backend %s: address %s -> %s (removed and added)",
+                                    cb->name, p->backends[b].address, cb->address);
+            /* Rename out of the way: the new entry takes the name. */
+            snprintf(p->backends[b].name, sizeof(p->backends[b].name), "%.50s~%d", cb->name, b);
+        }
+        int s = slot_fill(p, ncfg, j, cb->name, cb->address, cb->weight, cb->max_sessions, false,
+                          err, sizeof(err));
+        if (s < 0) {
+            tether_strlist_addf(rep->errors, "%s", err);
+            continue;
+        }
+        keep[s] = 1;
+        ring_dirty = true;
+        tether_strlist_addf(rep->changes, "backend %s added (%s)", cb->name, cb->address);
+        tether_events_publishf("backend.added", "{s:s,s:s}", "backend", cb->name, "address",
+                               cb->address);
+    }
+    if (ring_dirty)
+        rebuild_ring(p, ncfg->balance.vnodes);
+    n = atomic_load(&p->nbackends);
+    for (size_t b = 0; keep && b < n; b++) {
+        if (keep[b] || !atomic_load(&p->backends[b].present))
+            continue;
+        if (p->backends[b].runtime && !strchr(p->backends[b].name, '~'))
+            tether_strlist_addf(rep->dropped, "backend %s added at run time: not in the file",
+                                p->backends[b].name);
+        else if (!strchr(p->backends[b].name, '~'))
+            tether_strlist_addf(rep->changes, "backend %s removed", p->backends[b].name);
+        size_t moved = slot_remove(p, (uint32_t)b, ncfg);
+        if (moved)
+            tether_strlist_addf(rep->changes, "%zu session%s moved off %s", moved,
+                                moved == 1 ? "" : "s", p->backends[b].name);
+    }
+    free(keep);
+
+    /* Settings: the session table's budget and timeouts, then the config. */
+    struct tether_session_limits lim = {
+        .max_sessions = ncfg->session.max_sessions,
+        .max_state_bytes = ncfg->session.max_state_bytes,
+        .idle_timeout_ms = ncfg->session.idle_timeout_ms,
+        .max_lifetime_ms = ncfg->session.max_lifetime_ms,
+        .provisional_timeout_ms = ncfg->session.provisional_timeout_ms,
+    };
+    tether_session_set_limits(p->sessions, &lim);
+    retired_sweep(p, 2 * longest_handshake(ocfg) + 10000);
+    tls_swap(p, ocfg, fresh);
+    atomic_store(&p->cfg, ncfg);
+    retire(p, R_CONFIG, (void *)ocfg);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+/* The sessions of one backend, copied out of the table for a plan. */
+struct plan_rec {
+    char *key;
+    size_t len;
+    uint64_t hash;
+    bool provisional;
+};
+
+struct plan {
+    uint32_t from;
+    struct plan_rec *v;
+    size_t n, cap;
+    bool nomem;
+};
+
+static int plan_collect(void *ctx, const struct tether_session_view *v)
+{
+    struct plan *pl = ctx;
+    if (v->info.backend != pl->from)
+        return 0;
+    if (pl->n == pl->cap) {
+        size_t cap = pl->cap ? 2 * pl->cap : 64;
+        struct plan_rec *nv = realloc(pl->v, cap * sizeof(*nv));
+        if (!nv) {
+            pl->nomem = true;
+            return 1;
+        }
+        pl->v = nv;
+        pl->cap = cap;
+    }
+    char *key = malloc(v->key_len);
+    if (!key) {
+        pl->nomem = true;
+        return 1;
+    }
+    memcpy(key, v->key, v->key_len);
+    pl->v[pl->n++] = (struct plan_rec){key, v->key_len, tether_ring_hash(v->key, v->key_len),
+                                       v->info.provisional};
+    return 0;
+}
+
+long tether_proxy_plan_moves(struct tether_proxy *p, uint32_t b,
+                             void (*fn)(void *ctx, const char *key, size_t len, int to), void *ctx)
+{
+    struct plan pl = {.from = b};
+    for (size_t i = 0; i < tether_session_shards(p->sessions) && !pl.nomem; i++)
+        tether_session_export(p->sessions, i, plan_collect, &pl);
+    long rc = pl.nomem ? -ENOMEM : (long)pl.n;
+    size_t n = atomic_load(&p->nbackends);
+    uint32_t *loads = calloc(n ? n : 1, sizeof(*loads));
+    struct tether_lb_candidate *cands = calloc(n ? n : 1, sizeof(*cands));
+    if (!loads || !cands)
+        rc = -ENOMEM;
+    if (rc >= 0) {
+        /* What the mover would do: the bounded pick among the others, with
+           each move counted in the loads the next pick sees. */
+        tether_session_loads(p->sessions, loads, n);
+        for (size_t i = 0; i < n; i++) {
+            const struct tether_backend *be = &p->backends[i];
+            cands[i] = (struct tether_lb_candidate){loads[i], be->weight, be->max_sessions,
+                                                    (unsigned char)(i != b &&
+                                                                    tether_backend_takes_new(be))};
+        }
+        const struct tether_ring *ring = atomic_load(&p->ring);
+        size_t nodes = tether_ring_nodes(ring);
+        double c = atomic_load(&p->cfg)->balance.load_factor;
+        for (size_t k = 0; k < pl.n; k++) {
+            int to = tether_lb_bounded_pick(ring, pl.v[k].hash, cands, nodes < n ? nodes : n, c);
+            if (to >= 0 && !pl.v[k].provisional)
+                cands[to].load++;
+            fn(ctx, pl.v[k].key, pl.v[k].len, to);
+        }
+    }
+    for (size_t k = 0; k < pl.n; k++)
+        free(pl.v[k].key);
+    free(pl.v);
+    free(loads);
+    free(cands);
+    return rc;
 }

@@ -76,6 +76,7 @@ void upstream_release(struct upstream *u, bool reusable)
         u->c->up = NULL;
     u->c = NULL;
     if (!reusable || w->stopping || pl->nidle >= TETHER_PROXY_POOL_MAX ||
+        u->gen != atomic_load_explicit(&w->proxy->backends[u->backend].gen, memory_order_relaxed) ||
         evbuffer_get_length(tether_stream_get_input(u->bev)) > 0 || !quiet(u)) {
         upstream_free(u);
         return;
@@ -93,7 +94,7 @@ void upstream_release(struct upstream *u, bool reusable)
 
 void upstream_pool_free(struct tether_proxy_worker *w)
 {
-    for (size_t i = 0; i < w->proxy->nbackends; i++)
+    for (size_t i = 0; i < TETHER_PROXY_MAX_BACKENDS; i++)
         while (!TAILQ_EMPTY(&w->pools[i].idle))
             pool_remove(TAILQ_FIRST(&w->pools[i].idle));
 }
@@ -127,8 +128,17 @@ int upstream_attach(struct conn *c)
 {
     struct tether_proxy_worker *w = c->w;
     struct pool *pl = &w->pools[c->backend];
+    const struct tether_backend *be = &w->proxy->backends[c->backend];
+    uint32_t gen = atomic_load_explicit(&be->gen, memory_order_relaxed);
     struct upstream *u = c->retried_reuse ? NULL : TAILQ_FIRST(&pl->idle);
+    /* A connection to what the slot held before (a removed backend) is no use. */
+    while (u && u->gen != gen) {
+        pool_remove(u);
+        u = TAILQ_FIRST(&pl->idle);
+    }
     if (u) {
+        atomic_fetch_add_explicit(&w->proxy->stats[w->id].upstream_reused, 1,
+                                  memory_order_relaxed);
         TAILQ_REMOVE(&pl->idle, u, link);
         pl->nidle--;
         u->c = c;
@@ -137,14 +147,16 @@ int upstream_attach(struct conn *c)
         upstream_start_request(u);
         return 0;
     }
-    const struct tether_backend *be = &w->proxy->backends[c->backend];
     c->attempts++;
     u = calloc(1, sizeof(*u));
     if (!u)
         return -1;
     u->w = w;
     u->backend = c->backend;
-    struct tether_tls_client *tls = w->proxy->tls_backends[c->backend];
+    u->gen = gen;
+    atomic_fetch_add_explicit(&w->proxy->stats[w->id].upstream_connects, 1, memory_order_relaxed);
+    struct tether_tls_client *tls =
+        __atomic_load_n(&w->proxy->tls_backends[c->backend], __ATOMIC_ACQUIRE);
     if (tls) {
         u->ssl = tether_tls_client_ssl(tls);
         u->bev = u->ssl ? tether_stream_new_tls(w->loop, -1, u->ssl, 0) : NULL;
