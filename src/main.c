@@ -1,7 +1,9 @@
 /*
- * tetherd: load and check the configuration, start the workers, and turn
- * signals into actions: SIGTERM/SIGINT stop gracefully (in-flight requests
- * finish, up to shutdown_timeout), SIGUSR1 reopens the access log.
+ * tetherd: load and check the configuration, start the workers, the health
+ * checker and the admin API, and turn signals into actions: SIGHUP reloads
+ * the file (as POST /api/v1/reload does), SIGTERM/SIGINT stop gracefully
+ * (in-flight requests finish, up to shutdown_timeout), SIGUSR1 reopens the
+ * access log.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -188,6 +190,13 @@ static int reload_logged(void *arg, struct tether_reload_report *rep)
     return rc;
 }
 
+static void on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (tether_proxy_reopen_logs(d->proxy) == 0)
+        tether_log_info("SIGUSR1: log files reopened");
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     struct tether_strlist l[4] = {{0}};
@@ -296,12 +305,13 @@ int main(int argc, char **argv)
     d.net = d.proxy ? tether_net_new(d.proxy) : NULL;
     if (!d.net)
         goto out;
-    struct event *sigs[3] = {
+    struct event *sigs[4] = {
         evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
         evsignal_new(d.base, SIGINT, on_stop_signal, &d),
         evsignal_new(d.base, SIGHUP, on_hup, &d),
+        evsignal_new(d.base, SIGUSR1, on_usr1, &d),
     };
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < 4; i++)
         if (sigs[i])
             evsignal_add(sigs[i], NULL);
     struct event *rotation = NULL, *snapshots = NULL;
@@ -356,7 +366,7 @@ out_sigs:
         event_free(rotation);
     if (snapshots)
         event_free(snapshots);
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < 4; i++)
         if (sigs[i])
             event_free(sigs[i]);
 out:

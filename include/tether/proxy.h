@@ -211,6 +211,9 @@ struct tether_placer *tether_placer_new(struct tether_proxy *proxy);
 void tether_placer_free(struct tether_placer *pl);
 int tether_placer_place(void *placer, uint64_t hash, int prefer);
 
+/* SIGUSR1: open the access log file again (after it was rotated). 0 or -1. */
+int tether_proxy_reopen_logs(struct tether_proxy *proxy);
+
 /* Frees the proxy; accepts NULL. Every worker must be freed first. */
 void tether_proxy_free(struct tether_proxy *proxy);
 

@@ -81,6 +81,9 @@ static void request_end(struct conn *c)
 static void conn_free(struct conn *c)
 {
     struct tether_proxy_worker *w = c->w;
+    if (c->handshaking)
+        atomic_fetch_add_explicit(&w->proxy->stats[w->id].tls_handshake_failures, 1,
+                                  memory_order_relaxed);
     if (c->up)
         upstream_release(c->up, false);
     request_end(c);
@@ -215,6 +218,8 @@ static int conn_start(struct conn *c, SSL *ssl)
         return -1;
     }
     c->fd = -1;
+    c->ssl = ssl;
+    c->handshaking = ssl != NULL;
     tether_stream_setcb(c->bev, on_read, on_write, on_event, c);
     /* The input holds at most one head plus some of what follows it. */
     tether_stream_setwatermark(c->bev, EV_READ, 0, w->cfg->limits.max_header_bytes + 65536);
@@ -668,6 +673,13 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        struct tether_proxy_stats *st = &c->w->proxy->stats[c->w->id];
+        if (c->handshaking) {
+            c->handshaking = false;
+            atomic_fetch_add_explicit(&st->tls_handshakes, 1, memory_order_relaxed);
+            if (SSL_session_reused(c->ssl))
+                atomic_fetch_add_explicit(&st->tls_resumed, 1, memory_order_relaxed);
+        }
         /* TLS handshake done: now the request head has client_header. */
         if (c->timer_mode == T_HANDSHAKE) {
             disarm(c);

@@ -78,6 +78,8 @@ struct conn {
     size_t listen;               /* index in cfg->listens at accept */
     uint64_t handshake_ms;       /* TLS listeners: handshake_timeout */
     struct tether_tls_server *tls_srv;
+    SSL *ssl;                    /* borrowed from bev on TLS listeners */
+    bool handshaking;            /* the TLS handshake is under way */
     char peer[46];
 
     /* The request in progress. */

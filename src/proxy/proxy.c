@@ -647,6 +647,16 @@ int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
         free(keep);
     }
 
+    if (strcmp(ncfg->log.access, ocfg->log.access) != 0) {
+        tether_strlist_addf(rep->restart_required, "log.access: takes effect on restart");
+        char *keep_access = ncfg->log.access;
+        ncfg->log.access = strdup(ocfg->log.access);
+        if (!ncfg->log.access)
+            ncfg->log.access = keep_access;
+        else
+            free(keep_access);
+    }
+
     /* Backends, matched by name. Additions first, so that the sessions of a
        removed (or re-addressed) backend can move to the new ones. */
     size_t n = atomic_load(&p->nbackends);
@@ -825,5 +835,25 @@ long tether_proxy_plan_moves(struct tether_proxy *p, uint32_t b,
     free(pl.v);
     free(loads);
     free(cands);
+    return rc;
+}
+
+int tether_proxy_reopen_logs(struct tether_proxy *p)
+{
+    pthread_mutex_lock(&p->lock);
+    const char *access = atomic_load(&p->cfg)->log.access;
+    int rc = 0;
+    if (p->access_fd >= 0 && strcmp(access, "stdout") != 0 && strcmp(access, "off") != 0) {
+        int fd = open(access, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        /* dup2 swaps the file under the same descriptor: a worker's write
+           goes wholly to the old file or wholly to the new one. */
+        if (fd < 0 || dup3(fd, p->access_fd, O_CLOEXEC) < 0) {
+            tether_log_error("access log %s: cannot reopen: %s", access, strerror(errno));
+            rc = -1;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    pthread_mutex_unlock(&p->lock);
     return rc;
 }
