@@ -8,7 +8,8 @@ build=${1:-build}
 shift || true
 
 packages=(gcc pkg-config meson ninja-build libevent-dev libssl-dev libxxhash-dev libyaml-dev
-          libhiredis-dev libjansson-dev check python3 curl openssl redis-server ca-certificates)
+          libhiredis-dev libjansson-dev check python3 curl openssl redis-server ca-certificates
+          mandoc)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
