@@ -211,6 +211,14 @@ static int slot_fill(struct tether_proxy *p, const struct tether_config *cfg, si
     b->last_check_ms = 0;
     b->last_check_ok = false;
     pthread_mutex_unlock(&b->state_lock);
+    /* A reused slot starts its figures afresh: they are the new backend's. */
+    atomic_store(&b->requests, 0);
+    atomic_store(&b->connect_failures, 0);
+    atomic_store(&b->moved, 0);
+    atomic_store(&b->checks_ok, 0);
+    atomic_store(&b->checks_failed, 0);
+    for (size_t k = 0; k < 6; k++)
+        atomic_store(&b->status[k], 0);
     atomic_store(&b->admin, TETHER_BACKEND_ACTIVE);
     atomic_store(&b->passive_fails, 0);
     atomic_store(&b->up, 1);
