@@ -74,6 +74,7 @@ struct tether_stream {
     struct event rev, wev;
     struct timeval rt, wt;
     bool has_rt, has_wt;
+    int outq;            /* send queue at the last write timeout, -1 after progress */
     size_t rlow, rhigh, wlow;
     struct evbuffer *input, *output;
     struct evbuffer_cb_entry *in_cb, *out_cb;

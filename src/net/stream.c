@@ -7,6 +7,8 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -371,10 +373,31 @@ bool stream_write(struct tether_stream *s)
         stream_sync(s);
         return stream_run_event(s, BEV_EVENT_WRITING | BEV_EVENT_ERROR, err);
     }
+    if (n > 0)
+        s->outq = -1;
     stream_sync(s);
     if (n > 0 && s->writecb && evbuffer_get_length(s->output) <= s->wlow)
         return run_write(s);
     return true;
+}
+
+/*
+ * The write timeout fired: no writability for a whole interval. With a
+ * large socket send buffer that says little: the kernel reports space only
+ * once a good part of it is free, and a slow reader may drain it for far
+ * longer than the timeout while making steady progress. So the timeout
+ * counts only when the peer took nothing from the send queue during an
+ * interval: the first firing samples the queue, the next one compares
+ * (a stuck peer is cut after one to two intervals). true: progress.
+ */
+static bool peer_progressed(struct tether_stream *s)
+{
+    int q = 0;
+    if (s->state != ST_OPEN || s->fd < 0 || ioctl(s->fd, SIOCOUTQ, &q) < 0 || q <= 0)
+        return false;
+    bool progressed = s->outq < 0 || q < s->outq;
+    s->outq = q;
+    return progressed;
 }
 
 /* The connection is up: tell the user, then send what was queued meanwhile. */
@@ -439,6 +462,8 @@ static void on_wev(evutil_socket_t fd, short what, void *arg)
 {
     struct tether_stream *s = arg;
     if (what & EV_TIMEOUT) {
+        if (peer_progressed(s))
+            return; /* the persistent event's timeout starts again */
         if (s->state == ST_CONNECTING)
             s->state = ST_FAILED;
         else if (s->state == ST_OPEN)
@@ -514,6 +539,7 @@ struct tether_stream *stream_alloc(struct tether_stream_loop *l)
         return NULL;
     s->loop = l;
     s->fd = -1;
+    s->outq = -1;
     s->enabled = EV_WRITE;
     s->input = evbuffer_new();
     s->output = evbuffer_new();

@@ -4,6 +4,7 @@ that refuse, stall or die never produce a complete-looking response."""
 import os
 import socket
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
@@ -13,6 +14,58 @@ import tether_it as it  # noqa: E402
 # generous for a loaded 2-core machine.
 EARLY = 0.85
 LATE = 3.0
+
+
+class BigBackend:
+    """Answers GET /N with a Content-Length body of N bytes in one write."""
+
+    def __init__(self):
+        self.port = it.free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((it.HOST, self.port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for _ in range(10 ** 6):
+            if self.stopping:
+                return
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._one, args=(c,), daemon=True).start()
+
+    def _one(self, c):
+        buf = b""
+        c.settimeout(30)
+        try:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            path = buf.split(b" ")[1].decode().strip("/")
+            n = int(path) if path.isdigit() else 2
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + body_of(n))
+            c.recv(1)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+def body_of(n):
+    return (bytes(range(251)) * (n // 251 + 1))[:n]
 
 
 class Timeouts(it.TetherTestCase):
@@ -111,6 +164,67 @@ class Timeouts(it.TetherTestCase):
         self.assertTrue(closed, "a stalled body was not cut within 5 s")
         self.assertGreaterEqual(elapsed, EARLY)
         self.assertLessEqual(elapsed, LATE)
+
+    def test_slow_reader_gets_everything(self):
+        """A client reading slowly but steadily is not cut by client_idle, even
+        while the kernel's send buffer holds megabytes and reports no room for
+        longer than the timeout; every byte arrives."""
+        big = BigBackend()
+        self.addCleanup(big.stop)
+        n = 3 * 1024 * 1024
+        self.start_tether(backends=[{"name": "big", "address": "%s:%d" % (it.HOST, big.port)}],
+                          timeouts={"client_idle": "1s", "backend_idle": "10s"},
+                          health={"path": "/2"})
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((it.HOST, self.port))
+        s.settimeout(10)
+        s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nx-fc-session-id: slow\r\n\r\n" % n)
+        got = b""
+        t0 = time.monotonic()
+        for _ in range(100000):
+            slow = len(got) < 150000  # 40 KB/s for about 4 s, then at full speed
+            if slow:
+                time.sleep(0.1)
+            d = s.recv(4096 if slow else 1 << 20)
+            if not d:
+                break
+            got += d
+            hdr = got.find(b"\r\n\r\n")
+            if hdr > 0 and len(got) - hdr - 4 >= n:
+                break
+            self.assertLess(time.monotonic() - t0, 60)
+        hdr = got.find(b"\r\n\r\n")
+        self.assertGreater(hdr, 0)
+        self.assertEqual(len(got) - hdr - 4, n, "the response was cut")
+        self.assertEqual(got[hdr + 4:], body_of(n))
+
+    def test_stuck_reader_is_cut(self):
+        """A client that reads nothing is cut once the send queue has not
+        moved for client_idle (within two intervals), not kept forever."""
+        big = BigBackend()
+        self.addCleanup(big.stop)
+        self.start_tether(backends=[{"name": "big", "address": "%s:%d" % (it.HOST, big.port)}],
+                          timeouts={"client_idle": "1s", "backend_idle": "10s"},
+                          health={"path": "/2"})
+        s = socket.socket()
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((it.HOST, self.port))
+        n = 32 * 1024 * 1024
+        s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        # Read nothing for longer than two intervals, then everything there is:
+        # a cut connection ends early; one kept open would deliver all n bytes.
+        time.sleep(2 * 1 + 1.5)
+        s.settimeout(10)
+        got = 0
+        for _ in range(100000):
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            got += len(d)
+        self.assertLess(got, n, "a client that read nothing for 3.5 s was not cut")
 
     def test_backend_dies_mid_response(self):
         # The backend sends a 200 head with Content-Length: 1000, `after`
