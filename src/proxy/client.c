@@ -622,6 +622,27 @@ void conn_response_done(struct conn *c)
     }
 }
 
+/*
+ * What follows a complete request is the next requests (pipelining): read
+ * no further once max_pipelined heads wait behind the one in progress.
+ * Reading resumes when the response is done. A body in the queue may hold
+ * a blank line and count as a head: that only stops reading sooner.
+ */
+static void limit_pipeline(struct conn *c)
+{
+    struct evbuffer *in = tether_stream_get_input(c->bev);
+    uint32_t max = c->w->cfg->limits.max_pipelined, n = 0;
+    struct evbuffer_ptr at = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    while (at.pos >= 0 && n < max) {
+        n++;
+        if (evbuffer_ptr_set(in, &at, 4, EVBUFFER_PTR_ADD) < 0)
+            break;
+        at = evbuffer_search(in, "\r\n\r\n", 4, &at);
+    }
+    if (n >= max)
+        tether_stream_disable(c->bev, EV_READ);
+}
+
 static void on_read(struct tether_stream *bev, void *arg)
 {
     struct conn *c = arg;
@@ -637,6 +658,8 @@ static void on_read(struct tether_stream *bev, void *arg)
     case C_ACTIVE:
         if (c->up && c->up->state != U_CONNECTING)
             conn_forward_request_body(c);
+        if (c->state == C_ACTIVE && c->req_done)
+            limit_pipeline(c);
         break;
     case C_TUNNEL:
         c->last_io_ms = tether_now_ms();

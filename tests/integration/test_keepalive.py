@@ -104,6 +104,29 @@ class KeepAlive(it.TetherTestCase):
             self.assertEqual(r.status, 200, r)
             self.assertEqual(it.parse_echo(r.body)[0], "GET /echo?i=%d HTTP/1.1" % i)
 
+    def test_max_pipelined(self):
+        """Once max_pipelined requests wait behind the one in progress, tether
+        reads no further (the rest stays in its socket's receive queue), and
+        every request is still answered, in order."""
+        self.tether.stop()
+        self._tethers.remove(self.tether)
+        self.start_tether(self.pool, limits={"max_pipelined": 2})
+        c = self.conn()
+        c.send(it.build_request("GET", "/sleep?ms=1500", [("x-fc-session-id", "mp")]))
+        time.sleep(0.2)
+        for i in range(10):
+            c.send(it.build_request("GET", "/echo?i=%d" % i, [("x-fc-session-id", "mp")]))
+            time.sleep(0.03)
+        time.sleep(0.3)
+        local = c.sock.getsockname()[1]
+        self.assertGreater(rx_queue(self.port, local), 0,
+                           "tetherd read past max_pipelined queued requests")
+        self.assertEqual(c.read_response(timeout=5).status, 200)
+        for i in range(10):
+            r = c.read_response(timeout=5)
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(it.parse_echo(r.body)[0], "GET /echo?i=%d HTTP/1.1" % i)
+
     def test_connection_close(self):
         c = self.conn()
         c.request("GET", "/", [("Connection", "close")])
@@ -140,6 +163,19 @@ class KeepAlive(it.TetherTestCase):
         conns, reqs = self.upstream_conns(before)
         self.assertEqual(reqs, 20)
         self.assertLessEqual(conns, 2)
+
+
+def rx_queue(server_port, client_port):
+    """Unread bytes in the receive queue of the server's side of a loopback
+    TCP connection (/proc/net/tcp: local, remote, ..., tx_queue:rx_queue)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            lport = int(cols[1].split(":")[1], 16)
+            rport = int(cols[2].split(":")[1], 16)
+            if lport == server_port and rport == client_port:
+                return int(cols[4].split(":")[1], 16)
+    raise AssertionError("no connection %d <- %d in /proc/net/tcp" % (server_port, client_port))
 
 
 if __name__ == "__main__":
