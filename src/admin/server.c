@@ -428,8 +428,10 @@ struct tether_admin *tether_admin_start(struct tether_proxy *proxy, const struct
     if (!a->wake_ev || !a->stop_ev || !a->keepalive || event_add(a->wake_ev, NULL) < 0 ||
         event_add(a->stop_ev, NULL) < 0 || event_add(a->keepalive, &ka) < 0)
         goto fail;
+    /* Every method reaches the router, which answers 405 in JSON. */
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE |
-                                            EVHTTP_REQ_HEAD);
+                                            EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH |
+                                            EVHTTP_REQ_OPTIONS);
     evhttp_set_max_headers_size(a->http, 16 * 1024);
     evhttp_set_max_body_size(a->http, 1024 * 1024);
     evhttp_set_timeout(a->http, 60);
