@@ -453,6 +453,7 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
         return;
     }
     evbuffer_drain(in, head_len);
+    c->head_scanned = 0;
 
     c->req_body = req->body;
     c->req_left = req->content_length;
@@ -472,6 +473,18 @@ static void parse_next(struct conn *c)
     if (len == 0)
         return;
     size_t max = c->w->cfg->limits.max_header_bytes;
+    /* A head dripped in small pieces is parsed again only once a line has
+       ended (a parse checks whole lines): not once per byte. */
+    if (c->head_scanned > 0 && c->head_scanned < len && len < max) {
+        struct evbuffer_ptr from;
+        evbuffer_ptr_set(in, &from, c->head_scanned, EVBUFFER_PTR_SET);
+        struct evbuffer_ptr nl = evbuffer_search(in, "\n", 1, &from);
+        if (nl.pos < 0) {
+            c->head_scanned = len;
+            return;
+        }
+    }
+    c->head_scanned = len;
     size_t n = len < max ? len : max;
     const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)n);
     struct tether_http_header headers[TETHER_HTTP_MAX_HEADERS];

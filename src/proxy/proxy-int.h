@@ -82,6 +82,8 @@ struct conn {
     bool handshaking;            /* the TLS handshake is under way */
     char peer[46];
 
+    size_t head_scanned;         /* input bytes already looked at for the next head */
+
     /* The request in progress. */
     char *head;                  /* the head as sent upstream (kept for a retry) */
     size_t head_len, head_cap;
