@@ -121,6 +121,7 @@ struct tether_proxy {
     _Atomic uint64_t admin_requests;
     _Atomic int stopping;
     uint64_t started_ms;         /* wall clock */
+    int64_t wall_minus_mono_ms;  /* tether_wall_ms() - tether_now_ms() at start */
 };
 
 /* Why sessions moved, for the metrics and the event stream. */

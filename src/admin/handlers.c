@@ -56,11 +56,11 @@ static json_t *backend_json(struct tether_proxy *p, uint32_t i)
     return o;
 }
 
-/* Monotonic milliseconds (the table's clock) as wall-clock milliseconds. */
-static json_int_t wall(uint64_t mono)
+/* Monotonic milliseconds (the table's clock) as wall-clock milliseconds,
+   with one offset taken at start, so a time reads the same every time. */
+static json_int_t wall(const struct tether_proxy *p, uint64_t mono)
 {
-    uint64_t now = tether_now_ms();
-    return (json_int_t)(tether_wall_ms() - (now > mono ? now - mono : 0));
+    return (json_int_t)((int64_t)mono + p->wall_minus_mono_ms);
 }
 
 static json_t *session_json(struct tether_proxy *p, const char *key, size_t len,
@@ -69,7 +69,7 @@ static json_t *session_json(struct tether_proxy *p, const char *key, size_t len,
     json_t *from = s->handoff ? json_string(p->backends[s->moved_from].name) : json_null();
     return json_pack("{s:s%,s:s,s:i,s:I,s:I,s:I,s:i,s:b,s:b,s:o,s:i}", "key", key, len,
                      "backend", p->backends[s->backend].name, "epoch", (int)s->epoch,
-                     "created_ms", wall(s->created_ms), "last_seen_ms", wall(s->last_seen_ms),
+                     "created_ms", wall(p, s->created_ms), "last_seen_ms", wall(p, s->last_seen_ms),
                      "requests", (json_int_t)s->requests, "inflight", (int)s->inflight,
                      "provisional", s->provisional, "handoff", s->handoff, "moved_from", from,
                      "state_bytes", (int)s->state_len);

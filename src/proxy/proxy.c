@@ -242,6 +242,7 @@ struct tether_proxy *tether_proxy_new(struct tether_config *cfg)
     atomic_init(&p->cfg, cfg);
     p->access_fd = -1;
     p->started_ms = tether_wall_ms();
+    p->wall_minus_mono_ms = (int64_t)p->started_ms - (int64_t)tether_now_ms();
     pthread_mutex_init(&p->lock, NULL);
     p->backends = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*p->backends));
     p->weights = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*p->weights));
@@ -691,6 +692,8 @@ int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
                                         : "disable");
                 atomic_store(&be->admin, TETHER_BACKEND_ACTIVE);
                 set_reason(be, "reload: as the file says");
+                tether_events_publishf("backend.enabled", "{s:s,s:s}", "backend", cb->name,
+                                       "reason", "reload: as the file says");
             }
             /* Backend TLS: a fresh client context whenever the file has one. */
             if (cb->tls) {
