@@ -7,6 +7,7 @@
 #ifndef TETHER_NET_H
 #define TETHER_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct event_base;
@@ -178,6 +179,12 @@ int tether_stream_set_timeouts(struct tether_stream *s, const struct timeval *rt
  */
 struct evbuffer *tether_stream_get_input(struct tether_stream *s);
 struct evbuffer *tether_stream_get_output(struct tether_stream *s);
+
+/*
+ * TLS: the peer closed the connection without close_notify. A body that
+ * ends with the connection cannot be told from a cut one then.
+ */
+bool tether_stream_unclean_eof(const struct tether_stream *s);
 
 /* The socket, or -1 before tether_stream_connect(). */
 int tether_stream_getfd(struct tether_stream *s);

@@ -67,6 +67,7 @@ struct tether_stream {
     bool wwant_read;     /* TLS: the write waits for readability */
     bool rwant_write;    /* TLS: the read waits for writability */
     bool broken;         /* TLS: fatal error, send no close_notify */
+    bool unclean_eof;    /* TLS: the peer closed without close_notify */
     bool dirty;          /* on loop->dirty */
     unsigned pend;       /* P_* */
     short pend_what;

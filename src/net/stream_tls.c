@@ -27,7 +27,13 @@ static short failure(struct tether_stream *s, int e, int sys, int *err)
     }
     /* After SSL_ERROR_SYSCALL or _SSL nothing more may be said, not even close_notify. */
     s->broken = true;
-    if (e == SSL_ERROR_SYSCALL && queued == 0 && sys == 0) {
+    /* A close without close_notify (OpenSSL 3 says so; older ones report a
+       bare EOF) ends the stream like a FIN: the caller's framing decides,
+       and can ask whether it was clean. */
+    if ((e == SSL_ERROR_SSL && ERR_GET_LIB(queued) == ERR_LIB_SSL &&
+         ERR_GET_REASON(queued) == SSL_R_UNEXPECTED_EOF_WHILE_READING) ||
+        (e == SSL_ERROR_SYSCALL && queued == 0 && sys == 0)) {
+        s->unclean_eof = true;
         *err = 0;
         return BEV_EVENT_EOF;
     }
@@ -58,7 +64,6 @@ struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd
     }
     s->accepting = accepting != 0;
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
     if (s->accepting)
         SSL_set_accept_state(ssl);
     else
@@ -202,4 +207,9 @@ void stream_tls_close(struct tether_stream *s)
     }
     ERR_clear_error();
     SSL_free(s->ssl);
+}
+
+bool tether_stream_unclean_eof(const struct tether_stream *s)
+{
+    return s->unclean_eof;
 }

@@ -146,6 +146,7 @@ struct upstream {
     bool reused;                 /* taken from the pool for this request */
     bool got_bytes;              /* any response byte arrived for this request */
     bool keepalive;              /* the backend allows reuse after this response */
+    bool rechunk;                /* a close-delimited body sent to the client chunked */
     enum tether_http_body body;
     uint64_t left;
     struct tether_http_chunked chunk;

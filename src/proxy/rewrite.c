@@ -173,7 +173,7 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
 {
     const struct tether_http_header *h = res->headers;
     size_t nh = res->num_headers;
-    size_t need = res->reason_len + 96 + (c->minted ? 512 : 0);
+    size_t need = res->reason_len + 128 + (c->minted ? 512 : 0);
     for (size_t i = 0; i < nh; i++)
         need += h[i].name_len + h[i].value_len + 4;
 
@@ -206,6 +206,8 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
     }
     if (c->minted && res->status >= 200)
         p += affinity_set_cookie(c, p, 512);
+    if (u && u->rechunk && res->status >= 200)
+        p = PUTS(p, "Transfer-Encoding: chunked\r\n");
     if (switching)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (res->status >= 200) {
@@ -217,6 +219,5 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
     }
     p = PUTS(p, "\r\n");
     v.iov_len = (size_t)(p - (char *)v.iov_base);
-    (void)u;
     return evbuffer_commit_space(out, &v, 1);
 }

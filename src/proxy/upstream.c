@@ -231,9 +231,17 @@ static void relay_body(struct upstream *u)
             evbuffer_remove_buffer(in, out, take);
         }
         break;
-    case TETHER_HTTP_BODY_EOF:
-        evbuffer_add_buffer(out, in);
+    case TETHER_HTTP_BODY_EOF: {
+        size_t len = evbuffer_get_length(in);
+        if (u->rechunk && len > 0) {
+            evbuffer_add_printf(out, "%zx\r\n", len);
+            evbuffer_add_buffer(out, in);
+            evbuffer_add(out, "\r\n", 2);
+        } else {
+            evbuffer_add_buffer(out, in);
+        }
         break;
+    }
     }
     c->bytes_out += evbuffer_get_length(out) - before;
     if (done) {
@@ -326,9 +334,12 @@ static void read_head(struct upstream *u)
                            !(res.flags & TETHER_HTTP_F_CONN_CLOSE);
         if (c->minor == 0)
             u->keepalive = false; /* we asked for close on its behalf */
-        /* Without its own framing, or with the request still streaming, the
-           response ends the client connection. */
-        if (u->body == TETHER_HTTP_BODY_EOF || !c->req_done ||
+        /* A body that ends with the backend's connection goes to an HTTP/1.1
+           client chunked: the client can then tell its end from a cut, and
+           keep its connection. Without such framing (HTTP/1.0), or with the
+           request still streaming, the response ends the client connection. */
+        u->rechunk = u->body == TETHER_HTTP_BODY_EOF && c->minor == 1;
+        if ((u->body == TETHER_HTTP_BODY_EOF && !u->rechunk) || !c->req_done ||
             (c->minor == 0 && u->body == TETHER_HTTP_BODY_CHUNKED))
             c->close_after = true;
         size_t before = evbuffer_get_length(out);
@@ -491,9 +502,14 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         conn_error(c, 502, "backend closed the connection before responding");
         return;
     case U_BODY:
-        if (!(what & BEV_EVENT_TIMEOUT) && u->body == TETHER_HTTP_BODY_EOF) {
+        /* A body that ends with the connection is whole only if the close is
+           clean: over TLS, without close_notify it may have been cut. */
+        if (!(what & BEV_EVENT_TIMEOUT) && u->body == TETHER_HTTP_BODY_EOF &&
+            !tether_stream_unclean_eof(bev)) {
             relay_body(u);
             if (c->up == u) {
+                if (u->rechunk)
+                    evbuffer_add(tether_stream_get_output(c->bev), "0\r\n\r\n", 5);
                 u->keepalive = false;
                 response_complete(u);
             }
@@ -501,7 +517,9 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
         }
         /* Truncated: never let a cut body pass for a complete one. */
         tether_log_debug("backend %s: response cut short (%s)", be->name,
-                         (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "closed");
+                         (what & BEV_EVENT_TIMEOUT) ? "idle timeout"
+                         : tether_stream_unclean_eof(bev) ? "TLS closed without close_notify"
+                                                          : "closed");
         conn_abort(c);
         return;
     case U_TUNNEL:

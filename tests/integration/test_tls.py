@@ -284,6 +284,21 @@ class TlsBackend:
 
             def do_GET(self):
                 owner.requests.append((self.path, dict(self.headers)))
+                if self.path in ("/eof-clean", "/eof-cut"):
+                    # A body that ends with the connection, closed with
+                    # close_notify or cut at the TCP level without it.
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(b"x" * 5000)
+                    self.wfile.flush()
+                    self.close_connection = True
+                    if self.path == "/eof-clean":
+                        self.connection.unwrap()
+                    else:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 body = ("tls-backend path=%s" % self.path).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
@@ -859,6 +874,31 @@ class Backends(TlsCase):
         it.wait_until(lambda: "verif" in self.tether.stderr_text().lower(), 3,
                       what="a log line about the failed verification")
         self.assertAlive()
+
+    def test_close_delimited_body_clean_and_cut(self):
+        """A body that ends with a TLS backend's connection reaches an HTTP/1.1
+        client chunked: whole (with its last chunk) after close_notify, without
+        the last chunk when the backend's close had no close_notify, so the
+        client can tell a cut body from a whole one."""
+        be = self.backend(PKI.be_crt, PKI.be_key)
+        self.start_tether(backends=[{"name": "tls-1", "address": "%s:%d" % (HOST, be.port),
+                                     "tls": {"ca": PKI.ca_crt}}], health={"interval": "1h"})
+        c = self.conn()
+        r = c.get("/eof-clean", [("x-fc-session-id", "eof")])
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("transfer-encoding"), "chunked")
+        self.assertEqual(r.body, b"x" * 5000)
+        # The client connection stays usable.
+        r = c.get("/app", [("x-fc-session-id", "eof")])
+        self.assertEqual(r.status, 200, r)
+        c2 = self.conn()
+        c2.request("GET", "/eof-cut", [("x-fc-session-id", "eof2")])
+        head = c2.read_head(timeout=5)
+        self.assertEqual(head.header("transfer-encoding"), "chunked")
+        data, closed = c2.read_until_close(5)
+        self.assertTrue(closed, "after %r: %s" % (data[-40:], self.tether.stderr_text()[-1500:]))
+        self.assertIn(b"x" * 100, data)
+        self.assertFalse(data.endswith(b"0\r\n\r\n"), "a cut body was given its last chunk")
 
     def test_verification_on_by_default(self):
         be = self.backend(PKI.self_crt, PKI.self_key)
