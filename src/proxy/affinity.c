@@ -329,8 +329,9 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
     const struct tether_config *cfg = c->w->cfg;
     const char *learn = cfg->session.learn_header;
     const struct tether_http_header *h = res->headers;
-    const char *state = NULL;
-    size_t state_len = 0;
+    const char *state = NULL, *learned = NULL;
+    size_t state_len = 0, learned_len = 0;
+    uint64_t learned_hash = 0;
     bool end = false;
 
     for (size_t i = 0; i < res->num_headers; i++) {
@@ -344,15 +345,34 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
         } else if (learn[0] && ieq(n, nl, learn) && res->status < 300 &&
                    tether_session_key_valid(h[i].value, h[i].value_len)) {
             uint64_t hash = tether_ring_hash(h[i].value, h[i].value_len);
-            if (tether_session_bind(p->sessions, h[i].value, h[i].value_len, hash,
-                                    (uint32_t)backend, tether_now_ms()) == 0 &&
-                c->minted) {
+            int rc = tether_session_bind(p->sessions, h[i].value, h[i].value_len, hash,
+                                         (uint32_t)backend, tether_now_ms());
+            if (rc == 0) {
+                learned = h[i].value;
+                learned_len = h[i].value_len;
+                learned_hash = hash;
+            }
+            if (rc == 0 && c->minted) {
                 /* The server named the session: that key binds, not ours. */
                 tether_session_end(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
                                    c->epoch);
                 c->minted = false;
             }
         }
+    }
+    if (state && state_len > cfg->session.state_max_bytes) {
+        atomic_fetch_add(&p->state_dropped, 1);
+        state = NULL;
+    }
+    /* The state a response carries beside a key it names is that session's. */
+    if (learned && state && !(c->has_key && learned_len == c->key_len &&
+                              memcmp(learned, c->key, learned_len) == 0)) {
+        struct tether_session_info info;
+        if (tether_session_get(p->sessions, learned, learned_len, learned_hash, &info) == 0 &&
+            info.backend == (uint32_t)backend)
+            tether_session_set_state(p->sessions, learned, learned_len, learned_hash,
+                                     (uint32_t)backend, info.epoch, state, state_len);
+        state = NULL;
     }
     if (!c->has_key)
         return;
@@ -367,13 +387,9 @@ void affinity_on_response(struct conn *c, int backend, const struct tether_http_
         c->minted = false;
         return;
     }
-    if (state) {
-        if (state_len > cfg->session.state_max_bytes)
-            atomic_fetch_add(&p->state_dropped, 1);
-        else
-            tether_session_set_state(p->sessions, c->key, c->key_len, c->key_hash,
-                                     (uint32_t)backend, c->epoch, state, state_len);
-    }
+    if (state)
+        tether_session_set_state(p->sessions, c->key, c->key_len, c->key_hash, (uint32_t)backend,
+                                 c->epoch, state, state_len);
 }
 
 int affinity_set_cookie(const struct conn *c, char *buf, size_t cap)

@@ -69,6 +69,22 @@ class Mcp(it.TetherTestCase):
         for sid, inst in homes.items():
             self.assertCounted(self.post(CALL, sid), sid, inst, 7)
 
+    def test_state_of_learned_session_survives_failover(self):
+        """The state blob on the response that names the session (initialize)
+        belongs to that session: after its instance dies, the next request
+        carries it to the new instance, whose count goes on from 1 to 2."""
+        pool = self.start_pool(4)
+        self.start_tether(pool, session=LEARN,
+                          health={"interval": "200ms", "timeout": "150ms", "fall": 1, "rise": 1})
+        sid, inst = self.initialize()
+        pool.kill(inst)
+        it.wait_until(lambda: not it.port_accepts(pool.ports[inst]), 5, what="the instance to die")
+        r = self.post(CALL, sid)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotEqual(r.instance, inst)
+        self.assertEqual(body_kv(r), (r.instance, sid, "2"),
+                         "the learned session's state did not reach its new instance: %r" % r)
+
     def test_delete_ends_session(self):
         pool = self.start_pool(4)
         self.start_tether(pool, session=LEARN)
