@@ -243,9 +243,32 @@ static void unlink_rec(struct tether_session_table *t, struct shard *sh, struct 
     free(r);
 }
 
-/* Make room under the table budget: the least recently used idle record of
-   this shard goes, provisional ones first. Returns 0 or -ENOSPC. */
+static int evict_in(struct tether_session_table *t, struct shard *sh);
+
+/*
+ * Make room under the table budget: the least recently used idle record of
+ * this shard goes, provisional ones first; when this shard has none, one of
+ * another shard whose lock is free right now (trylock: the caller holds its
+ * own shard's, so waiting could deadlock). Returns 0 or -ENOSPC.
+ */
 static int evict_one(struct tether_session_table *t, struct shard *sh)
+{
+    if (evict_in(t, sh) == 0)
+        return 0;
+    size_t start = (size_t)(sh - t->shards);
+    for (size_t k = 1; k < t->nshards; k++) {
+        struct shard *o = &t->shards[(start + k) & (t->nshards - 1)];
+        if (pthread_mutex_trylock(&o->lock) != 0)
+            continue;
+        int rc = evict_in(t, o);
+        pthread_mutex_unlock(&o->lock);
+        if (rc == 0)
+            return 0;
+    }
+    return -ENOSPC;
+}
+
+static int evict_in(struct tether_session_table *t, struct shard *sh)
 {
     struct rec_list *lists[2] = {&sh->prov, &sh->live};
     for (size_t i = 0; i < 2; i++) {
@@ -462,13 +485,16 @@ int tether_session_bind(struct tether_session_table *t, const char *key, size_t 
         }
         goto out;
     }
+    /* The backend named the session itself: it is its own to take, so the
+       placement bound does not apply, only the count (checked under the
+       placement lock, like a placement's, so racing workers cannot both
+       take the last place). */
+    pthread_mutex_lock(&t->place_lock);
     if (atomic_load(&t->count) >= t->lim.max_sessions && evict_one(t, sh) < 0) {
+        pthread_mutex_unlock(&t->place_lock);
         rc = -ENOMEM;
         goto out;
     }
-    /* The backend named the session itself: it is its own to take, so the
-       placement bound does not apply, only the count. */
-    pthread_mutex_lock(&t->place_lock);
     r = insert(t, sh, key, len, hash, b, false, now_ms);
     if (r)
         atomic_fetch_add(&t->loads[b], 1);
@@ -675,6 +701,13 @@ int tether_session_import(struct tether_session_table *t, const struct tether_se
         goto out;
     }
     pthread_mutex_lock(&t->place_lock);
+    /* The budget holds for a snapshot too (it may come from a bigger one). */
+    if (atomic_load(&t->count) >= t->lim.max_sessions ||
+        atomic_load(&t->state_bytes) + v->state_len > t->lim.max_state_bytes) {
+        pthread_mutex_unlock(&t->place_lock);
+        rc = -ENOSPC;
+        goto out;
+    }
     struct rec *r =
         insert(t, sh, v->key, v->key_len, hash, in->backend, in->provisional, in->created_ms);
     if (r && !in->provisional)

@@ -908,6 +908,50 @@ START_TEST(test_budget_all_inflight)
 }
 END_TEST
 
+START_TEST(test_budget_evicts_in_another_shard)
+{
+    /* The new key's shard holds only a busy record; an idle one elsewhere goes. */
+    struct tether_session_table *t = table(2, BIG, BIG, BIG, 64);
+    struct stub s;
+    stub_init(&s, 0);
+    struct tether_session_info in;
+    char same[32] = "", other[32] = "";
+    uint64_t shard_a = (hash_of("a") >> 40) & 63;
+    for (int i = 0; i < 100000 && (!same[0] || !other[0]); i++) {
+        char k[32];
+        snprintf(k, sizeof(k), "k%d", i);
+        uint64_t sh = (hash_of(k) >> 40) & 63;
+        if (sh == shard_a && !same[0])
+            snprintf(same, sizeof(same), "%s", k);
+        else if (sh != shard_a && !other[0])
+            snprintf(other, sizeof(other), "%s", k);
+    }
+    ck_assert(same[0] && other[0]);
+    ck_assert_int_eq(acq(t, "a", 0, 0, &s, &in), TETHER_SESSION_CREATED); /* stays busy */
+    ck_assert_int_eq(touch_once(t, other, 1, 0, &s), TETHER_SESSION_CREATED);
+    ck_assert_int_eq(touch_once(t, same, 2, 0, &s), TETHER_SESSION_CREATED);
+    ck_assert_int_eq(get(t, other, &in), -ENOENT);
+    ck_assert_int_eq(get(t, "a", &in), 0);
+    ck_assert_uint_eq(stats(t).evicted, 1);
+    tether_session_table_free(t);
+}
+END_TEST
+
+START_TEST(test_import_keeps_the_budget)
+{
+    struct tether_session_table *t = table(2, BIG, BIG, BIG, 1);
+    const char *keys[] = {"a", "b", "c"};
+    for (size_t i = 0; i < 3; i++) {
+        struct tether_session_view v = {.key = keys[i], .key_len = 1,
+                                        .info = {.backend = 0, .epoch = 1, .created_ms = 1,
+                                                 .last_seen_ms = 1}};
+        ck_assert_int_eq(tether_session_import(t, &v, hash_of(keys[i])), i < 2 ? 0 : -ENOSPC);
+    }
+    ck_assert_uint_eq(stats(t).live, 2);
+    tether_session_table_free(t);
+}
+END_TEST
+
 /* ---- stats ---- */
 
 START_TEST(test_stats_add_up)
@@ -1147,6 +1191,8 @@ static Suite *table_suite(void)
     tcase_add_test(tc, test_inflight_idle_then_release);
     tcase_add_test(tc, test_lifetime_after_release_with_younger_neighbour);
     tcase_add_test(tc, test_budget_evicts_lru_idle);
+    tcase_add_test(tc, test_budget_evicts_in_another_shard);
+    tcase_add_test(tc, test_import_keeps_the_budget);
     tcase_add_test(tc, test_budget_all_inflight);
     tcase_add_test(tc, test_stats_add_up);
     tcase_add_test(tc, test_release_leaves_a_new_record_alone);
