@@ -35,6 +35,7 @@ struct daemon {
     struct tether_admin *admin;
     pthread_mutex_t reload_lock; /* SIGHUP and POST /api/v1/reload */
     uint64_t rotated_ms;         /* last ticket key rotation */
+    uint64_t saved_ms;           /* last snapshot */
 };
 
 /* Backend names by slot ("" for an empty one), for snapshots. */
@@ -67,10 +68,6 @@ static void snapshot_save(struct daemon *d, bool final)
         tether_log_debug("snapshot %s: %ld sessions saved", path, n);
 }
 
-static void on_snapshot(evutil_socket_t fd, short what, void *arg)
-{
-    snapshot_save(arg, false);
-}
 
 static void usage(FILE *out)
 {
@@ -101,11 +98,17 @@ static uint64_t ticket_rotation_ms(const struct tether_config *cfg)
     return ms;
 }
 
-/* Once a second: ticket keys when due (the interval may change on reload), drains. */
+/* Once a second: snapshots and ticket keys when due (a reload may change
+   their intervals), drains. */
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    uint64_t rot = ticket_rotation_ms(d->proxy->cfg), now = tether_now_ms();
+    const struct tether_config *cfg = d->proxy->cfg;
+    uint64_t rot = ticket_rotation_ms(cfg), now = tether_now_ms();
+    if (cfg->state.snapshot[0] && now - d->saved_ms >= cfg->state.snapshot_interval_ms) {
+        d->saved_ms = now;
+        snapshot_save(d, false);
+    }
     if (rot && now - d->rotated_ms >= rot) {
         d->rotated_ms = now;
         if (tether_tls_tickets_rotate() < 0)
@@ -272,7 +275,7 @@ int main(int argc, char **argv)
     tether_log_set_level(cfg->log.level);
     signal(SIGPIPE, SIG_IGN);
 
-    struct daemon d = {.path = path, .rotated_ms = tether_now_ms()};
+    struct daemon d = {.path = path, .rotated_ms = tether_now_ms(), .saved_ms = tether_now_ms()};
     pthread_mutex_init(&d.reload_lock, NULL);
     int rc = 1;
     if (cfg->state.store == TETHER_STORE_REDIS) {
@@ -314,14 +317,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < 4; i++)
         if (sigs[i])
             evsignal_add(sigs[i], NULL);
-    struct event *rotation = NULL, *snapshots = NULL;
-    if (cfg->state.snapshot[0]) {
-        uint64_t ms = cfg->state.snapshot_interval_ms;
-        struct timeval tv = tether_timeval_ms(ms);
-        snapshots = event_new(d.base, -1, EV_PERSIST, on_snapshot, &d);
-        if (snapshots)
-            event_add(snapshots, &tv);
-    }
+    struct event *rotation = NULL;
     struct timeval second = {1, 0};
     rotation = event_new(d.base, -1, EV_PERSIST, on_tick, &d);
     if (rotation)
@@ -364,8 +360,6 @@ int main(int argc, char **argv)
 out_sigs:
     if (rotation)
         event_free(rotation);
-    if (snapshots)
-        event_free(snapshots);
     for (size_t i = 0; i < 4; i++)
         if (sigs[i])
             event_free(sigs[i]);
