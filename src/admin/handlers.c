@@ -152,6 +152,18 @@ static bool only_fields(struct evhttp_request *req, json_t *body, const char *co
     return true;
 }
 
+/* An action without parameters: the body may be absent or {}. False after answering 400. */
+static bool empty_body(struct evhttp_request *req)
+{
+    static const char *const none[] = {NULL};
+    json_t *body = admin_body(req);
+    if (!body)
+        return false;
+    bool ok = only_fields(req, body, none);
+    json_decref(body);
+    return ok;
+}
+
 void admin_probe(struct tether_proxy *p, struct evhttp_request *req, bool ready)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET &&
@@ -314,13 +326,7 @@ static void backend_action(struct tether_proxy *p, struct evhttp_request *req, c
         admin_error(req, 404, "no such action %s (drain, disable, enable)", action);
         return;
     }
-    static const char *const none[] = {NULL};
-    json_t *body = admin_body(req);
-    if (!body)
-        return;
-    bool ok = only_fields(req, body, none);
-    json_decref(body);
-    if (!ok)
+    if (!empty_body(req))
         return;
     long rc = tether_proxy_backend_admin(p, name, to);
     if (rc < 0) {
@@ -489,13 +495,7 @@ static json_t *strlist_json(const struct tether_strlist *l)
 
 static void post_reload(struct evhttp_request *req, tether_admin_reload_fn reload, void *ctx)
 {
-    static const char *const none[] = {NULL};
-    json_t *body = admin_body(req);
-    if (!body)
-        return;
-    bool ok = only_fields(req, body, none);
-    json_decref(body);
-    if (!ok)
+    if (!empty_body(req))
         return;
     struct tether_strlist l[4] = {{0}};
     struct tether_reload_report rep = {&l[0], &l[1], &l[2], &l[3]};

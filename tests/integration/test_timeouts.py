@@ -165,13 +165,11 @@ class Timeouts(it.TetherTestCase):
         self.assertGreaterEqual(elapsed, EARLY)
         self.assertLessEqual(elapsed, LATE)
 
-    def test_slow_reader_gets_everything(self):
-        """A client reading slowly but steadily is not cut by client_idle, even
-        while the kernel's send buffer holds megabytes and reports no room for
-        longer than the timeout; every byte arrives."""
+    def small_window_client(self):
+        """tetherd (client_idle 1s) before a BigBackend, and a client socket
+        with a 4 KiB receive buffer connected to it."""
         big = BigBackend()
         self.addCleanup(big.stop)
-        n = 3 * 1024 * 1024
         self.start_tether(backends=[{"name": "big", "address": "%s:%d" % (it.HOST, big.port)}],
                           timeouts={"client_idle": "1s", "backend_idle": "10s"},
                           health={"path": "/2"})
@@ -179,6 +177,14 @@ class Timeouts(it.TetherTestCase):
         self.addCleanup(s.close)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect((it.HOST, self.port))
+        return s
+
+    def test_slow_reader_gets_everything(self):
+        """A client reading slowly but steadily is not cut by client_idle, even
+        while the kernel's send buffer holds megabytes and reports no room for
+        longer than the timeout; every byte arrives."""
+        n = 3 * 1024 * 1024
+        s = self.small_window_client()
         s.settimeout(10)
         s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nx-fc-session-id: slow\r\n\r\n" % n)
         got = b""
@@ -203,15 +209,7 @@ class Timeouts(it.TetherTestCase):
     def test_stuck_reader_is_cut(self):
         """A client that reads nothing is cut once the send queue has not
         moved for client_idle (within two intervals), not kept forever."""
-        big = BigBackend()
-        self.addCleanup(big.stop)
-        self.start_tether(backends=[{"name": "big", "address": "%s:%d" % (it.HOST, big.port)}],
-                          timeouts={"client_idle": "1s", "backend_idle": "10s"},
-                          health={"path": "/2"})
-        s = socket.socket()
-        self.addCleanup(s.close)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect((it.HOST, self.port))
+        s = self.small_window_client()
         n = 32 * 1024 * 1024
         s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
         # Read nothing for longer than two intervals, then everything there is:
