@@ -253,7 +253,8 @@ void tether_config_errors_deinit(struct tether_config_errors *errs);
 /* Frees a config and everything it owns; accepts NULL. */
 void tether_config_free(struct tether_config *cfg);
 
-/* 1 when name can name a backend: 1..63 bytes of A-Z a-z 0-9 - _ . : */
+/* 1 when name can name a backend: 1..63 bytes of A-Z a-z 0-9 - _ . (it
+   appears in URLs, headers and metric labels) */
 int tether_config_backend_name_valid(const char *name);
 
 /*

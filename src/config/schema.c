@@ -137,10 +137,9 @@ static void backend_name(struct ctx *c, const struct node *v, void *obj)
 
     if (!s)
         return;
-    if (strlen(s) > 64 || strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                    "0123456789._-") != strlen(s)) {
+    if (!tether_config_backend_name_valid(s)) {
         tether_config_report(c, v, false,
-                             "a name is 1 to 64 letters, digits, '.', '_' or '-' (got \"%.40s\")",
+                             "a name is 1 to 63 letters, digits, '.', '_' or '-' (got \"%.40s\")",
                              s);
         return;
     }

@@ -13,16 +13,34 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tether/util.h"
 #include "internal.h"
 
 /* The ring holds vnodes x weight points per backend; 1e7 is about 160 MB. */
 #define RING_MAX 10000000ull
+
+/* What tetherd can bind and connect to: a literal address or localhost. */
+static bool literal_address(const char *address)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    return tether_sockaddr_parse(address, &ss, &len) == 0;
+}
 
 static void check_listens(struct ctx *c)
 {
     const struct tether_config *cfg = c->cfg;
     char key[64];
 
+    for (size_t j = 0; j < cfg->nlistens; j++) {
+        if (cfg->listens[j].address && !literal_address(cfg->listens[j].address)) {
+            snprintf(key, sizeof(key), "listen[%zu].address", j);
+            tether_config_report_at(c, key, false,
+                                    "%s: use an IP address (or localhost): tether does not "
+                                    "resolve names",
+                                    cfg->listens[j].address);
+        }
+    }
     for (size_t j = 1; j < cfg->nlistens; j++) {
         for (size_t i = 0; i < j; i++) {
             if (!cfg->listens[i].address || !cfg->listens[j].address ||
@@ -53,7 +71,7 @@ int tether_config_backend_name_valid(const char *s)
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+              ch == '-' || ch == '_' || ch == '.'))
             return 0;
     }
     return 1;
@@ -68,11 +86,12 @@ static void check_backends(struct ctx *c)
 
     for (size_t j = 0; j < cfg->nbackends; j++) {
         points += (uint64_t)b[j].weight * cfg->balance.vnodes;
-        if (b[j].name && !tether_config_backend_name_valid(b[j].name)) {
-            snprintf(key, sizeof(key), "backends[%zu].name", j);
+        if (b[j].address && !literal_address(b[j].address)) {
+            snprintf(key, sizeof(key), "backends[%zu].address", j);
             tether_config_report_at(c, key, false,
-                                    "1 to 63 characters of A-Z a-z 0-9 - _ . : (it appears in "
-                                    "URLs and headers)");
+                                    "%s: use an IP address (or localhost): tether does not "
+                                    "resolve names",
+                                    b[j].address);
         }
         for (size_t i = 0; i < j && b[j].name; i++) {
             if (b[i].name && !strcmp(b[i].name, b[j].name)) {

@@ -205,7 +205,7 @@ START_TEST(backend_rules)
     struct tether_config *c;
 
     ck_assert_one_error(MINIMAL "  - name: \"fn 2\"\n    address: 127.0.0.1:9002\n", 6, 11,
-                        "backends[1].name", "a name is 1 to 64 letters");
+                        "backends[1].name", "a name is 1 to 63 letters");
     ck_assert_one_error(MINIMAL "  - name: \"\"\n    address: 127.0.0.1:9002\n", 6, 11,
                         "backends[1].name", "must not be empty");
     ck_assert_one_error(MINIMAL "  - name: fn-2\n    address: 127.0.0.1\n", 7, 14,

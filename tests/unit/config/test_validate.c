@@ -19,13 +19,25 @@ START_TEST(duplicates)
                         "backends[1].name", "duplicate backend name (also backends[0])");
     ck_assert_one_error("listen:\n  - address: 127.0.0.1:80\n  - address: \"[::1]:80\"\n"
                         "  - address: 127.0.0.1:80\n"
-                        "backends:\n  - name: a\n    address: b:1\n",
+                        "backends:\n  - name: a\n    address: 127.0.0.1:1\n",
                         4, 14, "listen[2].address", "duplicate listen address (also listen[0])");
     ck_assert_one_error("listen:\n  - address: \"[::1]:80\"\n  - address: \"[0::1]:80\"\n"
-                        "backends:\n  - name: a\n    address: b:1\n",
+                        "backends:\n  - name: a\n    address: 127.0.0.1:1\n",
                         3, 14, "listen[1].address", "duplicate listen address");
     ck_assert_one_error(MINIMAL "admin:\n  listen: 127.0.0.1:8080\n", 7, 11, "admin.listen",
                         "same address as listen[0]");
+}
+END_TEST
+
+START_TEST(names_are_not_resolved)
+{
+    ck_assert_one_error(MINIMAL "  - name: fn-2\n    address: fn-2.internal:9002\n", 7, 14,
+                        "backends[1].address", "tether does not resolve names");
+    ck_assert_one_error("listen:\n  - address: lb.example:80\n"
+                        "backends:\n  - name: a\n    address: 127.0.0.1:1\n",
+                        2, 14, "listen[0].address", "tether does not resolve names");
+    ck_assert_one_error(MINIMAL "  - { name: \"fn 2\", address: 127.0.0.1:9002 }\n", 6, 13,
+                        "backends[1].name", "a name is 1 to 63 letters");
 }
 END_TEST
 
@@ -58,7 +70,7 @@ END_TEST
 
 START_TEST(ring_size)
 {
-    ck_assert_one_error(MINIMAL "    weight: 1000\n  - { name: b, address: \"b:2\" }\n"
+    ck_assert_one_error(MINIMAL "    weight: 1000\n  - { name: b, address: \"127.0.0.2:2\" }\n"
                                 "balance:\n  vnodes: 10000\n",
                         9, 11, "balance.vnodes", "the ring would hold 10010000 points");
 }
@@ -159,7 +171,7 @@ static struct tether_config *load_file(const char *fmt, struct tether_config_err
     "      certificates:\n"                                                                    \
     "        - { cert: %1$s/site.crt, key: %1$s/site.key }\n"                                  \
     "backends:\n"                                                                              \
-    "  - { name: a, address: \"a:1\", tls: { ca: %1$s } }\n"                                   \
+    "  - { name: a, address: \"127.0.0.1:1\", tls: { ca: %1$s } }\n"                                   \
     "state:\n"                                                                                 \
     "  snapshot: %1$s/tether.snap\n"                                                           \
     "log:\n"                                                                                   \
@@ -186,7 +198,7 @@ START_TEST(files_missing)
     struct tether_config *c = load_file(
         "listen:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n"
         "        - { cert: %1$s/nope.crt, key: %1$s }\n"
-        "backends:\n  - { name: a, address: \"a:1\", tls: { ca: %1$s/nope.pem } }\n"
+        "backends:\n  - { name: a, address: \"127.0.0.1:1\", tls: { ca: %1$s/nope.pem } }\n"
         "state:\n  snapshot: %1$s/nodir/t.snap\nadmin:\n  token_file: %1$s/open-token\n"
         "log:\n  access: %1$s/nodir/access.log\n", &e);
 
@@ -200,7 +212,7 @@ START_TEST(files_missing)
     ck_assert_ptr_nonnull(find_error(&e, 5, 35 + (int)strlen(dir),
                                      "listen[0].tls.certificates[0].key",
                                      "is not a regular file"));
-    ck_assert_ptr_nonnull(find_error(&e, 7, 43, "backends[0].tls.ca", "cannot open"));
+    ck_assert_ptr_nonnull(find_error(&e, 7, 51, "backends[0].tls.ca", "cannot open"));
     ck_assert_ptr_nonnull(find_error(&e, 9, 13, "state.snapshot", "does not exist"));
     ck_assert_ptr_nonnull(find_error(&e, 11, 15, "admin.token_file",
                                      "has mode 0640: use 0600 or stricter"));
@@ -250,6 +262,7 @@ static Suite *validate_suite(void)
     TCase *tf = tcase_create("files");
 
     tcase_add_test(tc, duplicates);
+    tcase_add_test(tc, names_are_not_resolved);
     tcase_add_test(tc, learn_without_learn_header_is_inert);
     tcase_add_test(tc, budgets);
     tcase_add_test(tc, ring_size);

@@ -56,9 +56,9 @@ START_TEST(container_types)
                         "expected a string, got a mapping");
     ck_assert_one_error(MINIMAL "session:\n  sources: header\n", 7, 12, "session.sources",
                         "expected a sequence, got a plain value");
-    ck_assert_one_error("listen: 127.0.0.1:8080\nbackends:\n  - name: a\n    address: b:1\n", 1, 9,
+    ck_assert_one_error("listen: 127.0.0.1:8080\nbackends:\n  - name: a\n    address: 127.0.0.1:1\n", 1, 9,
                         "listen", "expected a sequence");
-    ck_assert_one_error("listen:\n  - 127.0.0.1:8080\nbackends:\n  - name: a\n    address: b:1\n",
+    ck_assert_one_error("listen:\n  - 127.0.0.1:8080\nbackends:\n  - name: a\n    address: 127.0.0.1:1\n",
                         2, 5, "listen[0]", "expected a mapping, got a plain value");
     ck_assert_one_error(MINIMAL "? [a]\n: 1\n", 6, 3, "", "a key must be a string");
 }
