@@ -330,6 +330,7 @@ int main(int argc, char **argv)
         goto out_sigs;
     }
     d.health = tether_health_start(d.proxy);
+    d.proxy->health = d.health;
     if (d.health && cfg->admin.enabled) {
         d.admin = tether_admin_start(d.proxy, cfg, reload_logged, &d);
         if (!d.admin) {
@@ -351,6 +352,7 @@ int main(int argc, char **argv)
     /* No checks, hence no moves, while the workers drain; no admin changes either. */
     atomic_store(&d.proxy->stopping, 1);
     tether_admin_stop(d.admin);
+    d.proxy->health = NULL;
     tether_health_stop(d.health);
     tether_net_stop(d.net);
     join_within(d.net, d.proxy->cfg->shutdown_timeout_ms);

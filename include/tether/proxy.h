@@ -26,6 +26,7 @@ struct tether_ring;
 struct tether_session_table;
 struct tether_tls_server;
 struct tether_tls_client;
+struct tether_health;
 
 /* Backend slots: indices are stable for a backend's life, and a slot is
    reused only once nothing refers to it (DESIGN.md: backends come and go
@@ -112,7 +113,7 @@ struct tether_proxy {
     struct tether_tls_client **tls_backends; /* per slot; NULL for plain TCP */
     struct retired *retired;     /* replaced rings, TLS contexts and configs */
     pthread_mutex_t lock;        /* serialises changes to the backend set and config */
-    int access_fd;               /* -1 when the access log is off */
+    _Atomic int access_fd;       /* -1 when the access log is off */
     _Atomic uint64_t connections; /* open client connections, all workers */
     _Atomic uint32_t rr;         /* rotation for least-in-flight ties */
     struct tether_proxy_stats *stats; /* one per worker */
@@ -120,6 +121,7 @@ struct tether_proxy {
     _Atomic uint64_t moves_by_reason[5]; /* enum tether_move_reason */
     _Atomic uint64_t admin_requests;
     _Atomic int stopping;
+    struct tether_health *health; /* set once the checker runs: told of new backends */
     uint64_t started_ms;         /* wall clock */
     int64_t wall_minus_mono_ms;  /* tether_wall_ms() - tether_now_ms() at start */
 };
@@ -173,6 +175,9 @@ int tether_proxy_move_session(struct tether_proxy *proxy, const char *key, size_
                               uint32_t to, struct tether_session_info *out);
 void tether_proxy_drain_tick(struct tether_proxy *proxy);
 
+/* The reason counted for the moves this thread makes next (a data-path reroute). */
+void tether_proxy_move_reason(enum tether_move_reason why);
+
 /*
  * A dry run of moving every session of backend b: fn(ctx, key, len, to)
  * per session, with the backend the mover would pick now (-1: none, the
@@ -193,14 +198,6 @@ long tether_proxy_plan_moves(struct tether_proxy *proxy, uint32_t b,
 struct tether_reload_report;
 int tether_proxy_reload(struct tether_proxy *proxy, struct tether_config *ncfg,
                         struct tether_reload_report *rep);
-
-/*
- * Read every TLS listener's certificates and keys again (SIGHUP). All or
- * nothing: on any error the running contexts stay and the problems are
- * logged. Open connections keep the context they started with. Returns the
- * number of listeners reloaded, or -1. Thread: any (one caller at a time).
- */
-int tether_proxy_reload_certificates(struct tether_proxy *proxy);
 
 /*
  * A placer: what the bounded-load pick needs (candidate scratch), usable

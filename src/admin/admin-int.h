@@ -11,6 +11,8 @@
 /* The server's wake fd (an eventfd): written when an event is published. */
 void events_attach(int fd);
 void events_subscribers(int delta);
+/* The server is about to read what was published: the next publish wakes it again. */
+void events_woken(void);
 
 /*
  * Copy the event numbered seq (the first is 1) as "event: T\ndata: D\n\n"

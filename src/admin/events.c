@@ -40,6 +40,11 @@ void events_attach(int fd)
     atomic_store(&wake_fd, fd);
 }
 
+void events_woken(void)
+{
+    atomic_store(&wake_pending, 0);
+}
+
 void events_subscribers(int delta)
 {
     atomic_fetch_add(&subscribers, delta);
@@ -104,8 +109,6 @@ int events_get(uint64_t seq, char **buf, size_t *len)
             *len = e->len;
         }
     }
-    if (rc == 0)
-        atomic_store(&wake_pending, 0);
     pthread_mutex_unlock(&lock);
     return rc;
 }

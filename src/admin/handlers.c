@@ -168,7 +168,7 @@ void admin_probe(struct tether_proxy *p, struct evhttp_request *req, bool ready)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET &&
         evhttp_request_get_command(req) != EVHTTP_REQ_HEAD) {
-        admin_error(req, 405, "use GET");
+        admin_not_allowed(req, "GET, HEAD");
         return;
     }
     if (!ready) {
@@ -427,6 +427,8 @@ static void one_session(struct tether_proxy *p, struct evhttp_request *req, cons
                         size_t len, const char *action)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (m == EVHTTP_REQ_HEAD)
+        m = EVHTTP_REQ_GET;
     uint64_t hash = tether_ring_hash(key, len);
     struct tether_session_info info;
     if (!action) {
@@ -441,7 +443,7 @@ static void one_session(struct tether_proxy *p, struct evhttp_request *req, cons
             else
                 admin_reply_json(req, 200, json_pack("{s:s%}", "forgotten", key, len));
         } else {
-            admin_error(req, 405, "use GET or DELETE");
+            admin_not_allowed(req, "GET, HEAD, DELETE");
         }
         return;
     }
@@ -450,7 +452,7 @@ static void one_session(struct tether_proxy *p, struct evhttp_request *req, cons
         return;
     }
     if (m != EVHTTP_REQ_POST) {
-        admin_error(req, 405, "use POST");
+        admin_not_allowed(req, "POST");
         return;
     }
     static const char *const fields[] = {"backend", NULL};
@@ -545,9 +547,11 @@ void admin_route(struct tether_proxy *p, struct evhttp_request *req, const char 
                  tether_admin_reload_fn reload, void *reload_ctx)
 {
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (m == EVHTTP_REQ_HEAD)
+        m = EVHTTP_REQ_GET; /* evhttp sends the head without the body */
     if (strcmp(path, "/metrics") == 0) {
         if (m != EVHTTP_REQ_GET)
-            admin_error(req, 405, "use GET");
+            admin_not_allowed(req, "GET, HEAD");
         else
             admin_metrics(p, req);
         return;
@@ -580,12 +584,12 @@ void admin_route(struct tether_proxy *p, struct evhttp_request *req, const char 
     }
     if (seg_is(seg[2], len[2], "status") && n == 3) {
         if (m != EVHTTP_REQ_GET)
-            admin_error(req, 405, "use GET");
+            admin_not_allowed(req, "GET, HEAD");
         else
             get_status(p, req);
     } else if (seg_is(seg[2], len[2], "reload") && n == 3) {
         if (m != EVHTTP_REQ_POST)
-            admin_error(req, 405, "use POST");
+            admin_not_allowed(req, "POST");
         else
             post_reload(req, reload, reload_ctx);
     } else if (seg_is(seg[2], len[2], "backends") && n == 3) {
@@ -594,7 +598,7 @@ void admin_route(struct tether_proxy *p, struct evhttp_request *req, const char 
         else if (m == EVHTTP_REQ_POST)
             post_backend(p, req);
         else
-            admin_error(req, 405, "use GET or POST");
+            admin_not_allowed(req, "GET, HEAD, POST");
     } else if (seg_is(seg[2], len[2], "backends") && n == 4) {
         if (strlen(arg) != (size_t)alen) {
             admin_error(req, 400, "bad backend name");
@@ -607,18 +611,18 @@ void admin_route(struct tether_proxy *p, struct evhttp_request *req, const char 
             else
                 admin_reply_json(req, 200, backend_json(p, (uint32_t)b));
         } else {
-            admin_error(req, 405, "use GET or DELETE");
+            admin_not_allowed(req, "GET, HEAD, DELETE");
         }
     } else if (seg_is(seg[2], len[2], "backends") && n == 5) {
         if (m != EVHTTP_REQ_POST)
-            admin_error(req, 405, "use POST");
+            admin_not_allowed(req, "POST");
         else if (strlen(arg) != (size_t)alen)
             admin_error(req, 400, "bad backend name");
         else
             backend_action(p, req, arg, action);
     } else if (seg_is(seg[2], len[2], "sessions") && n == 3) {
         if (m != EVHTTP_REQ_GET)
-            admin_error(req, 405, "use GET");
+            admin_not_allowed(req, "GET, HEAD");
         else
             list_sessions(p, req);
     } else if (seg_is(seg[2], len[2], "sessions") && (n == 4 || n == 5)) {

@@ -166,10 +166,12 @@ void admin_metrics(struct tether_proxy *p, struct evhttp_request *req)
     evbuffer_add_printf(b, "tether_upstream_connections_total{kind=\"reused\"} %llu\n",
                         SUM(p, upstream_reused));
     head(b, "tether_tls_handshakes_total", "counter", "TLS handshakes with clients, by result.");
+    /* Resumed first: a handshake is counted before its resumption, so the
+       total read after it is never smaller. */
+    unsigned long long resumed = SUM(p, tls_resumed), all = SUM(p, tls_handshakes);
     evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"full\"} %llu\n",
-                        SUM(p, tls_handshakes) - SUM(p, tls_resumed));
-    evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"resumed\"} %llu\n",
-                        SUM(p, tls_resumed));
+                        all > resumed ? all - resumed : 0);
+    evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"resumed\"} %llu\n", resumed);
     evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"failed\"} %llu\n",
                         SUM(p, tls_handshake_failures));
     head(b, "tether_store_healthy", "gauge", "1 when the state store is reachable.");

@@ -14,6 +14,8 @@ void admin_reply_json(struct evhttp_request *req, int status, json_t *body);
 /* Answer {"error": "..."} with status. */
 void admin_error(struct evhttp_request *req, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* 405 with the Allow header (allow: "GET, HEAD", ...). */
+void admin_not_allowed(struct evhttp_request *req, const char *allow);
 /* The body as a JSON object, or NULL after answering 400. */
 json_t *admin_body(struct evhttp_request *req);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -162,7 +163,17 @@ void admin_error(struct evhttp_request *req, int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* Messages quote what the request said: keep them printable ASCII (JSON needs UTF-8). */
+    for (char *q = msg; *q; q++)
+        if ((unsigned char)*q < 0x20 || (unsigned char)*q > 0x7e)
+            *q = '?';
     admin_reply_json(req, status, json_pack("{s:s}", "error", msg));
+}
+
+void admin_not_allowed(struct evhttp_request *req, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    admin_error(req, 405, "method not allowed: use %s", allow);
 }
 
 /* The request body as a JSON object: NULL after answering 400 (empty is {}). */
@@ -193,8 +204,20 @@ json_t *admin_body(struct evhttp_request *req)
 }
 
 /* Event streams: send what was published since each stream's last event. */
+/* A watcher this far behind gets no more until it reads: it is told what it missed. */
+#define STREAM_BACKLOG (1024 * 1024)
+
+static size_t stream_backlog(const struct stream *s)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(s->req);
+    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
 static void stream_flush(struct stream *s)
 {
+    if (stream_backlog(s) > STREAM_BACKLOG)
+        return;
     struct evbuffer *out = evbuffer_new();
     if (!out)
         return;
@@ -226,11 +249,13 @@ static void on_events(evutil_socket_t fd, short what, void *arg)
     uint64_t v;
     ssize_t n = read(fd, &v, sizeof(v));
     (void)n;
+    /* Before reading: whatever is published from now on wakes us again. */
+    events_woken();
     for (struct stream *s = a->streams; s; s = s->next)
         stream_flush(s);
     /* Still more than one pass could send: come back. */
     for (struct stream *s = a->streams; s; s = s->next)
-        if (s->seq < events_next()) {
+        if (s->seq < events_next() && stream_backlog(s) <= STREAM_BACKLOG) {
             uint64_t one = 1;
             n = write(a->wake, &one, sizeof(one));
             break;
@@ -248,6 +273,8 @@ static void stream_closed(struct evhttp_connection *conn, void *arg)
         }
     }
     events_subscribers(-1);
+    /* The connection is gone: the unfinished reply is ours to free. */
+    evhttp_send_reply_end(s->req);
     free(s);
 }
 
@@ -255,6 +282,7 @@ static void on_keepalive(evutil_socket_t fd, short what, void *arg)
 {
     struct tether_admin *a = arg;
     for (struct stream *s = a->streams; s; s = s->next) {
+        stream_flush(s); /* a watcher that was behind may have caught up */
         struct evbuffer *out = evbuffer_new();
         if (!out)
             continue;
@@ -315,7 +343,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (strcmp(path, "/api/v1/events") == 0) {
         if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-            admin_error(req, 405, "use GET");
+            admin_not_allowed(req, "GET");
             return;
         }
         admin_events_start(a, req);

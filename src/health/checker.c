@@ -123,6 +123,8 @@ static void verdict(struct check *c, bool ok, const char *fmt, ...)
         va_end(ap);
     }
     close_check(c);
+    if (!atomic_load(&be->present) || atomic_load(&be->gen) != c->gen)
+        return; /* about a backend that is gone from this slot */
     pthread_mutex_lock(&be->state_lock);
     be->last_check_ms = tether_wall_ms();
     be->last_check_ok = ok;
@@ -265,6 +267,21 @@ static void start_check(struct check *c)
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct check *c = arg;
+    struct tether_backend *be = &c->h->proxy->backends[c->index];
+    if (!atomic_load(&be->present)) {
+        /* Removed: no more checks; a rescan starts them if the slot is reused. */
+        close_check(c);
+        c->active = false;
+        return;
+    }
+    uint32_t gen = atomic_load(&be->gen);
+    if (gen != c->gen) {
+        /* Another backend in this slot: its counts start afresh. */
+        close_check(c);
+        c->gen = gen;
+        c->passes = c->fails = 0;
+        c->seen_up = atomic_load(&be->up) ? 1 : 0;
+    }
     struct timeval tv = tether_timeval_ms(hcfg(c->h)->interval_ms);
     event_add(&c->tick, &tv);
     /* One check at a time per backend: one still running (a timeout not

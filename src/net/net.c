@@ -153,6 +153,10 @@ static void pending_clear(struct pending *pd, bool close_fds)
 static void apply_reload(struct worker *wk)
 {
     struct pending *pd = &wk->pending;
+    if (!pd->keep) {
+        atomic_store(&wk->reloaded, 1);
+        return; /* nothing was prepared for this worker */
+    }
     struct listener *nl = calloc(pd->n ? pd->n : 1, sizeof(*nl));
     if (!nl) {
         tether_log_error("worker %d: reload: out of memory; listeners unchanged", wk->id);
@@ -426,14 +430,17 @@ void tether_net_reload_commit(struct tether_net *net)
         atomic_store(&net->workers[w].reloaded, 0);
         send_cmd(&net->workers[w], 'r');
     }
-    /* Wait (bounded) so that the caller's answer describes what runs. */
-    for (int i = 0; i < 200; i++) {
+    /* Wait until every worker has taken it: the caller's answer describes
+       what runs, and the next reload may not touch `pending` before. A
+       worker only ends its loop on stop, and no reload runs after that. */
+    for (unsigned i = 1;; i++) {
         size_t done = 0;
         for (size_t w = 0; w < net->nworkers; w++)
             done += atomic_load(&net->workers[w].reloaded) || !net->workers[w].started;
         if (done == net->nworkers)
             return;
+        if (i == 200)
+            tether_log_warn("reload: a worker has not taken the new configuration after 1s");
         usleep(5000);
     }
-    tether_log_warn("reload: a worker has not taken the new configuration within 1s");
 }

@@ -60,7 +60,8 @@ void accesslog_write(struct conn *c)
     struct tether_proxy *p = c->w->proxy;
     uint64_t now = tether_now_us();
     count(c, now);
-    if (p->access_fd < 0)
+    int fd = atomic_load_explicit(&p->access_fd, memory_order_relaxed);
+    if (fd < 0)
         return;
     char method[64], path[1600], when[64], session[24] = "-";
     method[json_escape(method, sizeof(method), c->method, strnlen(c->method, sizeof(c->method)))] =
@@ -89,7 +90,7 @@ void accesslog_write(struct conn *c)
                      backend ? backend : "null", backend ? "\"" : "", session, dur, up);
     if (n > 0) {
         size_t len = (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
-        ssize_t w = write(p->access_fd, line, len);
+        ssize_t w = write(fd, line, len);
         (void)w;
     }
 }

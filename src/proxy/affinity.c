@@ -266,7 +266,13 @@ int affinity_reroute(struct conn *c)
         if (tether_session_get(p->sessions, c->key, c->key_len, c->key_hash, &info) < 0)
             return tether_backend_serves(&p->backends[b]) ? 0 : -1;
         b = (int)info.backend;
-        if (!tether_backend_serves(&p->backends[b]))
+        const struct tether_backend *be = &p->backends[b];
+        if (!tether_backend_serves(be))
+            tether_proxy_move_reason(!atomic_load(&be->present) ? TETHER_MOVE_REMOVED
+                                     : atomic_load(&be->admin) == TETHER_BACKEND_DISABLED
+                                         ? TETHER_MOVE_DISABLED
+                                         : TETHER_MOVE_DOWN);
+        if (!tether_backend_serves(be))
             b = tether_session_move(p->sessions, c->key, c->key_len, c->key_hash, info.backend,
                                     tether_placer_place, w->placer, &info);
         if (b >= 0 && !tether_backend_serves(&p->backends[b]))
@@ -295,7 +301,12 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
             evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
                                 p->backends[c->moved_from].name);
             /* Copied straight into the output: no buffer of its own. */
+            /* The stored blob may be larger than a lowered limit allows now. */
             size_t max = c->w->cfg->session.state_max_bytes;
+            struct tether_session_info si;
+            if (tether_session_get(p->sessions, c->key, c->key_len, c->key_hash, &si) == 0 &&
+                si.state_len > max)
+                max = si.state_len;
             struct evbuffer_iovec v;
             if (evbuffer_reserve_space(out, (ev_ssize_t)(max + 22), &v, 1) == 1) {
                 char *at = v.iov_base;

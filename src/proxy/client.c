@@ -299,7 +299,7 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
         /* Taken now: a reload may renumber listeners and replace contexts
            (an old one lives longer than any handshake that uses it). */
         c->handshake_ms = w->cfg->listens[listen].tls->handshake_timeout_ms;
-        c->tls_srv = atomic_load(&p->tls)[listen];
+        c->tls_srv = w->tls[listen];
     }
     c->backend = -1;
     c->state = C_HEAD;
@@ -755,7 +755,7 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     if (!w)
         return NULL;
     w->proxy = proxy;
-    w->cfg = proxy->cfg;
+    tether_proxy_worker_reload(w);
     w->base = base;
     w->id = id;
     w->loop = tether_stream_loop_new(base);
@@ -778,7 +778,11 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
 
 void tether_proxy_worker_reload(struct tether_proxy_worker *w)
 {
+    /* The config and its listeners' contexts as one: listener numbers index both. */
+    pthread_mutex_lock(&w->proxy->lock);
     w->cfg = atomic_load(&w->proxy->cfg);
+    w->tls = atomic_load(&w->proxy->tls);
+    pthread_mutex_unlock(&w->proxy->lock);
 }
 
 void tether_proxy_worker_free(struct tether_proxy_worker *w)

@@ -163,6 +163,7 @@ struct pool {
 struct tether_proxy_worker {
     struct tether_proxy *proxy;
     const struct tether_config *cfg; /* the proxy's, as of this worker's last reload */
+    struct tether_tls_server *const *tls; /* the contexts of cfg's listeners, taken with it */
     struct event_base *base;
     struct tether_stream_loop *loop;
     int id;

@@ -11,23 +11,33 @@
 #include <unistd.h>
 
 #include "tether/admin.h"
+#include "tether/health.h"
 #include "tether/lb.h"
 #include "tether/session.h"
 #include "tether/tls.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
-/* Things replaced while workers may still read them: freed after a grace
-   period long enough for any reader (a placement, a handshake) to finish.
-   Configs stay until the end: connections hold pointers into them. */
-enum retired_kind { R_RING, R_TLS_SERVER, R_TLS_ARRAY, R_CONFIG, R_TLS_CLIENT };
+/*
+ * Things replaced while other threads may still read them, freed once the
+ * longest reader can be done: each is retired with its own grace period
+ * (a handshake that began under an old listener's contexts lasts up to
+ * that listener's handshake_timeout, twice over for the peek before it).
+ */
+enum retired_kind { R_RING, R_TLS_SERVER, R_TLS_ARRAY, R_CONFIG, R_TLS_CLIENT, R_FD };
 
 struct retired {
     struct retired *next;
     enum retired_kind kind;
     void *ptr;
-    uint64_t at_ms;
+    int fd;
+    uint64_t free_at_ms;
 };
+
+/* A placement, a connect, a health check or an admin call: done in far less. */
+#define GRACE_MS 10000
+/* Workers take a new config within the reload; other threads read it per call. */
+#define CONFIG_GRACE_MS 60000
 
 const double tether_proxy_hist_le[TETHER_PROXY_HIST_BUCKETS] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10,
@@ -57,30 +67,40 @@ static void retired_free_one(struct retired *r)
     case R_TLS_CLIENT:
         tether_tls_client_free(r->ptr);
         break;
+    case R_FD:
+        close(r->fd);
+        break;
     }
     free(r);
 }
 
-/* Keep ptr until nothing can read it. Lock: p->lock (or single-threaded). */
-static void retire(struct tether_proxy *p, enum retired_kind kind, void *ptr)
+/* Keep ptr (or fd) for grace_ms more. Lock: p->lock (or single-threaded). */
+static void retire_fd(struct tether_proxy *p, enum retired_kind kind, void *ptr, int fd,
+                      uint64_t grace_ms)
 {
-    if (!ptr)
+    if (kind == R_FD ? fd < 0 : !ptr)
         return;
     struct retired *r = calloc(1, sizeof(*r));
     if (!r)
         return; /* without memory to remember it, it is kept for good */
-    *r = (struct retired){.next = p->retired, .kind = kind, .ptr = ptr, .at_ms = tether_now_ms()};
+    *r = (struct retired){.next = p->retired, .kind = kind, .ptr = ptr, .fd = fd,
+                          .free_at_ms = tether_now_ms() + grace_ms};
     p->retired = r;
 }
 
-/* Free what has been retired for longer than grace_ms (configs excepted). */
-static void retired_sweep(struct tether_proxy *p, uint64_t grace_ms)
+static void retire(struct tether_proxy *p, enum retired_kind kind, void *ptr, uint64_t grace_ms)
+{
+    retire_fd(p, kind, ptr, -1, grace_ms);
+}
+
+/* Free what is past its grace period. Lock: p->lock. */
+static void retired_sweep(struct tether_proxy *p)
 {
     uint64_t now = tether_now_ms();
     struct retired **rp = &p->retired;
     while (*rp) {
         struct retired *r = *rp;
-        if (r->kind != R_CONFIG && r->at_ms + grace_ms < now) {
+        if (r->free_at_ms < now) {
             *rp = r->next;
             retired_free_one(r);
         } else {
@@ -121,7 +141,7 @@ static int rebuild_ring(struct tether_proxy *p, uint32_t vnodes)
     free(nodes);
     if (!ring)
         return -1;
-    retire(p, R_RING, atomic_exchange(&p->ring, ring));
+    retire(p, R_RING, atomic_exchange(&p->ring, ring), GRACE_MS);
     return 0;
 }
 
@@ -154,7 +174,7 @@ static int slot_fill(struct tether_proxy *p, const struct tether_config *cfg, si
                      uint64_t max_sessions, bool runtime, char *err, size_t errlen)
 {
     if (!tether_config_backend_name_valid(name)) {
-        snprintf(err, errlen, "backend name %s: 1 to %d characters of A-Z a-z 0-9 - _ . :", name,
+        snprintf(err, errlen, "backend name %s: 1 to %d characters of A-Z a-z 0-9 - _ .", name,
                  TETHER_BACKEND_NAME_MAX - 1);
         return -EINVAL;
     }
@@ -223,13 +243,24 @@ static int slot_fill(struct tether_proxy *p, const struct tether_config *cfg, si
     atomic_store(&b->passive_fails, 0);
     atomic_store(&b->up, 1);
     atomic_fetch_add(&b->gen, 1);
-    retire(p, R_TLS_CLIENT, p->tls_backends[slot]);
+    retire(p, R_TLS_CLIENT, p->tls_backends[slot], GRACE_MS);
     __atomic_store_n(&p->tls_backends[slot], tls, __ATOMIC_RELEASE);
     p->weights[slot] = weight;
     atomic_store_explicit(&b->present, 1, memory_order_release);
     if ((size_t)slot == atomic_load(&p->nbackends))
         atomic_store(&p->nbackends, (size_t)slot + 1);
     return slot;
+}
+
+/* The descriptor log.access names: -1 for off, or -2 on failure (errno set). */
+static int access_open(const char *access)
+{
+    if (strcmp(access, "off") == 0)
+        return -1;
+    int fd = strcmp(access, "stdout") == 0
+                 ? fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0)
+                 : open(access, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    return fd < 0 ? -2 : fd;
 }
 
 struct tether_proxy *tether_proxy_new(struct tether_config *cfg)
@@ -293,16 +324,12 @@ struct tether_proxy *tether_proxy_new(struct tether_config *cfg)
             goto fail;
     }
 
-    const char *access = cfg->log.access;
-    if (strcmp(access, "stdout") == 0) {
-        p->access_fd = dup(STDOUT_FILENO);
-    } else if (strcmp(access, "off") != 0) {
-        p->access_fd = open(access, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (p->access_fd < 0) {
-            tether_log_error("access log %s: %s", access, strerror(errno));
-            goto fail;
-        }
+    int afd = access_open(cfg->log.access);
+    if (afd == -2) {
+        tether_log_error("access log %s: %s", cfg->log.access, strerror(errno));
+        goto fail;
     }
+    atomic_store(&p->access_fd, afd);
     return p;
 fail:
     tether_proxy_free(p);
@@ -330,35 +357,19 @@ static struct tether_tls_server **tls_build(const struct tether_config *cfg,
     return fresh;
 }
 
-/* Publish a new array of TLS contexts; the old ones go once no handshake can use them. */
+/*
+ * Publish a new array of TLS contexts. The old ones go once no connection
+ * accepted under them can still be peeking or in its handshake: twice the
+ * old listeners' longest handshake_timeout, and a margin.
+ */
 static void tls_swap(struct tether_proxy *p, const struct tether_config *old_cfg,
                      struct tether_tls_server **fresh)
 {
     struct tether_tls_server **old = atomic_exchange(&p->tls, fresh);
+    uint64_t grace = 2 * longest_handshake(old_cfg) + GRACE_MS;
     for (size_t i = 0; old && i < old_cfg->nlistens; i++)
-        retire(p, R_TLS_SERVER, old[i]);
-    retire(p, R_TLS_ARRAY, old);
-}
-
-int tether_proxy_reload_certificates(struct tether_proxy *p)
-{
-    pthread_mutex_lock(&p->lock);
-    const struct tether_config *cfg = atomic_load(&p->cfg);
-    struct tether_config_errors errs = {0};
-    struct tether_tls_server **fresh = tls_build(cfg, &errs);
-    log_errors(&errs);
-    tether_config_errors_deinit(&errs);
-    int n = -1;
-    if (fresh) {
-        n = 0;
-        for (size_t i = 0; i < cfg->nlistens; i++)
-            n += fresh[i] != NULL;
-        /* A handshake reads its context's certificate list (SNI) until it ends. */
-        retired_sweep(p, 2 * longest_handshake(cfg) + 1000);
-        tls_swap(p, cfg, fresh);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return n;
+        retire(p, R_TLS_SERVER, old[i], grace);
+    retire(p, R_TLS_ARRAY, old, grace);
 }
 
 void tether_proxy_free(struct tether_proxy *p)
@@ -371,8 +382,8 @@ void tether_proxy_free(struct tether_proxy *p)
         p->retired = r->next;
         retired_free_one(r);
     }
-    if (p->access_fd >= 0)
-        close(p->access_fd);
+    if (atomic_load(&p->access_fd) >= 0)
+        close(atomic_load(&p->access_fd));
     struct tether_tls_server **tls = atomic_load(&p->tls);
     for (size_t i = 0; tls && i < cfg->nlistens; i++)
         tether_tls_server_free(tls[i]);
@@ -439,6 +450,11 @@ static void observe(void *ctx, enum tether_session_event ev, const char *key, si
         tether_events_publishf(types[ev], "{s:s%,s:s}", "key", key, len, "backend", name);
 }
 
+void tether_proxy_move_reason(enum tether_move_reason why)
+{
+    move_reason = why;
+}
+
 void tether_proxy_observe_sessions(struct tether_proxy *p)
 {
     tether_session_observe(p->sessions, observe, p);
@@ -480,7 +496,13 @@ int tether_proxy_move_session(struct tether_proxy *p, const char *key, size_t le
     int target = (int)to;
     int saved = move_reason;
     move_reason = TETHER_MOVE_ADMIN;
-    int rc = tether_session_move(p->sessions, key, len, hash, info.backend, place_on, &target, out);
+    /* Under the backend set's lock: the target cannot be removed meanwhile. */
+    pthread_mutex_lock(&p->lock);
+    int rc = tether_backend_serves(&p->backends[to])
+                 ? tether_session_move(p->sessions, key, len, hash, info.backend, place_on,
+                                       &target, out)
+                 : -EAGAIN;
+    pthread_mutex_unlock(&p->lock);
     move_reason = saved;
     if (rc == -ENOENT)
         return -ENOENT;
@@ -511,6 +533,8 @@ int tether_proxy_backend_add(struct tether_proxy *p, const char *name, const cha
     }
     pthread_mutex_unlock(&p->lock);
     if (slot >= 0) {
+        /* Checked at once, like every backend, so a dead one goes down after fall. */
+        tether_health_rescan(p->health);
         tether_log_info("backend %s (%s) added at run time", name, address);
         tether_events_publishf("backend.added", "{s:s,s:s}", "backend", name, "address", address);
     }
@@ -590,7 +614,7 @@ void tether_proxy_drain_tick(struct tether_proxy *p)
             tether_log_info("backend %s: drain_timeout passed; %zu session%s moved", be->name,
                             moved, moved == 1 ? "" : "s");
     }
-    retired_sweep(p, 2 * longest_handshake(cfg) + 10000);
+    retired_sweep(p);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -603,41 +627,113 @@ static bool same_address(const struct tether_backend *b, const struct tether_con
            memcmp(&ss, &b->addr, len) == 0;
 }
 
+static void add_errors(struct tether_strlist *to, struct tether_config_errors *errs)
+{
+    for (size_t e = 0; e < errs->n; e++)
+        if (!errs->items[e].warning)
+            tether_strlist_addf(to, "%s: %s", errs->items[e].key ? errs->items[e].key : "tls",
+                                errs->items[e].message);
+    tether_config_errors_deinit(errs);
+}
+
+/* What a reload does with one backend entry of the new file. */
+enum entry_plan { P_KEEP, P_ADOPT, P_ADD };
+
+/*
+ * Everything a reload could trip on, checked before anything changes:
+ * certificates, backend addresses and TLS settings, room for new backends.
+ * Fills plan[] (per entry of ncfg) and *fresh. Returns 0 or -1 with errors.
+ */
+static int reload_check(struct tether_proxy *p, const struct tether_config *ncfg,
+                        enum entry_plan *plan, int *slot, struct tether_tls_server ***fresh,
+                        int *access, struct tether_reload_report *rep)
+{
+    struct tether_config_errors errs = {0};
+    *fresh = tls_build(ncfg, &errs);
+    add_errors(rep->errors, &errs);
+    *access = -3; /* unchanged */
+    if (strcmp(ncfg->log.access, atomic_load(&p->cfg)->log.access) != 0) {
+        *access = access_open(ncfg->log.access);
+        if (*access == -2)
+            tether_strlist_addf(rep->errors, "log.access: %s: %s", ncfg->log.access,
+                                strerror(errno));
+    }
+    size_t adds = 0;
+    for (size_t j = 0; j < ncfg->nbackends; j++) {
+        const struct tether_config_backend *cb = &ncfg->backends[j];
+        struct sockaddr_storage ss;
+        socklen_t len;
+        if (tether_sockaddr_parse(cb->address, &ss, &len) < 0) {
+            tether_strlist_addf(rep->errors, "backends[%zu].address: %s: not an IP address and port",
+                                j, cb->address);
+            continue;
+        }
+        if (cb->tls) {
+            struct tether_tls_client *probe = tether_tls_client_new(ncfg, j, &errs);
+            add_errors(rep->errors, &errs);
+            if (!probe)
+                continue;
+            tether_tls_client_free(probe);
+        }
+        slot[j] = tether_proxy_backend_find(p, cb->name);
+        const struct tether_backend *b = slot[j] >= 0 ? &p->backends[slot[j]] : NULL;
+        if (b && same_address(b, cb))
+            plan[j] = b->runtime ? P_ADOPT : P_KEEP;
+        else
+            plan[j] = P_ADD, adds++;
+    }
+    size_t room = TETHER_PROXY_MAX_BACKENDS - atomic_load(&p->nbackends);
+    for (size_t i = 0; room < adds && i < atomic_load(&p->nbackends); i++) {
+        const struct tether_backend *b = &p->backends[i];
+        room += !atomic_load(&b->present) && atomic_load(&b->inflight) == 0 &&
+                tether_session_load(p->sessions, (uint32_t)i) == 0;
+    }
+    if (adds > room)
+        tether_strlist_addf(rep->errors, "backends: room for %zu more, the file adds %zu", room,
+                            adds);
+    if (*fresh && rep->errors->n == 0)
+        return 0;
+    if (*access >= 0)
+        close(*access);
+    for (size_t i = 0; *fresh && i < ncfg->nlistens; i++)
+        tether_tls_server_free((*fresh)[i]);
+    free(*fresh);
+    *fresh = NULL;
+    return -1;
+}
+
+/* A restart-only string key: the running value stays, and the reload says so. */
+static void keep_running(char **nv, const char *ov, const char *key,
+                         struct tether_reload_report *rep)
+{
+    if (strcmp(*nv ? *nv : "", ov ? ov : "") == 0)
+        return;
+    char *dup = ov ? strdup(ov) : NULL;
+    if (ov && !dup)
+        return;
+    tether_strlist_addf(rep->restart_required, "%s: takes effect on restart", key);
+    free(*nv);
+    *nv = dup;
+}
+
 int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
                         struct tether_reload_report *rep)
 {
     pthread_mutex_lock(&p->lock);
     const struct tether_config *ocfg = atomic_load(&p->cfg);
-    struct tether_config_errors errs = {0};
-    struct tether_tls_server **fresh = tls_build(ncfg, &errs);
-    for (size_t e = 0; e < errs.n; e++)
-        tether_strlist_addf(rep->errors, "%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
-                            errs.items[e].message);
-    tether_config_errors_deinit(&errs);
-    if (!fresh) {
-        pthread_mutex_unlock(&p->lock);
-        return -1;
+    enum entry_plan *plan = calloc(ncfg->nbackends + 1, sizeof(*plan));
+    int *slot = calloc(ncfg->nbackends + 1, sizeof(*slot));
+    unsigned char *keep = calloc(TETHER_PROXY_MAX_BACKENDS, 1);
+    struct tether_tls_server **fresh = NULL;
+    int access;
+    if (!plan || !slot || !keep) {
+        tether_strlist_addf(rep->errors, "out of memory");
+        goto fail;
     }
-    /* Backend TLS settings are checked before anything changes. */
-    for (size_t i = 0; i < ncfg->nbackends; i++) {
-        if (!ncfg->backends[i].tls)
-            continue;
-        struct tether_tls_client *probe = tether_tls_client_new(ncfg, i, &errs);
-        for (size_t e = 0; e < errs.n; e++)
-            tether_strlist_addf(rep->errors, "%s: %s", errs.items[e].key ? errs.items[e].key : "tls",
-                                errs.items[e].message);
-        tether_config_errors_deinit(&errs);
-        if (!probe) {
-            for (size_t j = 0; j < ncfg->nlistens; j++)
-                tether_tls_server_free(fresh[j]);
-            free(fresh);
-            pthread_mutex_unlock(&p->lock);
-            return -1;
-        }
-        tether_tls_client_free(probe);
-    }
+    if (reload_check(p, ncfg, plan, slot, &fresh, &access, rep) < 0)
+        goto fail;
 
-    /* Restart-only settings keep their running values. */
+    /* From here on nothing fails. Restart-only settings keep their running values. */
     if (ncfg->workers != ocfg->workers) {
         tether_strlist_addf(rep->restart_required, "workers: %u stays until a restart (file: %u)",
                             ocfg->workers, ncfg->workers);
@@ -647,111 +743,100 @@ int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
         tether_strlist_addf(rep->restart_required, "state.store: takes effect on restart");
         ncfg->state.store = ocfg->state.store;
     }
-    const char *oa = ocfg->admin.listen ? ocfg->admin.listen : "";
-    const char *na = ncfg->admin.listen ? ncfg->admin.listen : "";
-    if (strcmp(oa, na) != 0) {
-        tether_strlist_addf(rep->restart_required, "admin.listen: takes effect on restart");
-        char *keep = ncfg->admin.listen;
-        ncfg->admin.listen = ocfg->admin.listen ? strdup(ocfg->admin.listen) : NULL;
-        free(keep);
-    }
+    keep_running(&ncfg->admin.listen, ocfg->admin.listen, "admin.listen", rep);
 
-    if (strcmp(ncfg->log.access, ocfg->log.access) != 0) {
-        tether_strlist_addf(rep->restart_required, "log.access: takes effect on restart");
-        char *keep_access = ncfg->log.access;
-        ncfg->log.access = strdup(ocfg->log.access);
-        if (!ncfg->log.access)
-            ncfg->log.access = keep_access;
-        else
-            free(keep_access);
-    }
-
-    /* Backends, matched by name. Additions first, so that the sessions of a
-       removed (or re-addressed) backend can move to the new ones. */
-    size_t n = atomic_load(&p->nbackends);
+    /* Backends, matched by name. A backend whose address changed leaves
+       first (not present: its name is free), the new entries come in, the
+       ring is rebuilt, then the leaving and unlisted ones have their
+       sessions moved, onto the new set. */
     bool ring_dirty = ncfg->balance.vnodes != ocfg->balance.vnodes;
-    unsigned char *keep = calloc(TETHER_PROXY_MAX_BACKENDS, 1);
-    for (size_t j = 0; keep && j < ncfg->nbackends; j++) {
+    for (size_t j = 0; j < ncfg->nbackends; j++) {
         const struct tether_config_backend *cb = &ncfg->backends[j];
-        int b = tether_proxy_backend_find(p, cb->name);
-        if (b >= 0 && !p->backends[b].runtime && same_address(&p->backends[b], cb)) {
-            struct tether_backend *be = &p->backends[b];
-            keep[b] = 1;
-            if (be->weight != cb->weight) {
-                tether_strlist_addf(rep->changes, "backend %s: weight %u -> %u", cb->name,
-                                    be->weight, cb->weight);
-                be->weight = cb->weight;
-                p->weights[b] = cb->weight;
-                ring_dirty = true;
-            }
-            be->max_sessions = cb->max_sessions;
-            if (atomic_load(&be->admin) != TETHER_BACKEND_ACTIVE) {
-                tether_strlist_addf(rep->dropped, "backend %s: %s set at run time", cb->name,
-                                    atomic_load(&be->admin) == TETHER_BACKEND_DRAINING
-                                        ? "drain"
-                                        : "disable");
-                atomic_store(&be->admin, TETHER_BACKEND_ACTIVE);
-                set_reason(be, "reload: as the file says");
-                tether_events_publishf("backend.enabled", "{s:s,s:s}", "backend", cb->name,
-                                       "reason", "reload: as the file says");
-            }
-            /* Backend TLS: a fresh client context whenever the file has one. */
-            if (cb->tls) {
-                struct tether_tls_client *tls = tether_tls_client_new(ncfg, j, &errs);
-                tether_config_errors_deinit(&errs);
-                if (tls) {
-                    retire(p, R_TLS_CLIENT, p->tls_backends[b]);
-                    __atomic_store_n(&p->tls_backends[b], tls, __ATOMIC_RELEASE);
-                }
-            } else if (p->tls_backends[b]) {
-                retire(p, R_TLS_CLIENT, p->tls_backends[b]);
-                __atomic_store_n(&p->tls_backends[b], NULL, __ATOMIC_RELEASE);
-            }
+        if (plan[j] == P_ADD && slot[j] >= 0) {
+            struct tether_backend *old = &p->backends[slot[j]];
+            tether_strlist_addf(rep->changes, "backend %s: address %s -> %s (removed and added)",
+                                cb->name, old->address, cb->address);
+            if (old->runtime)
+                tether_strlist_addf(rep->dropped, "backend %s added at run time (%s)", cb->name,
+                                    old->address);
+            atomic_store(&old->present, 0);
+            ring_dirty = true;
             continue;
         }
-        char err[256];
-        if (b >= 0) {
-            /* A runtime addition or an address change: the file's entry replaces it. */
-            if (p->backends[b].runtime)
-                tether_strlist_addf(rep->dropped, "backend %s added at run time: replaced by the file",
-                                    cb->name);
-            else
-                tether_strlist_addf(rep->changes, "backend %s: address %s -> %s (removed and added)",
-                                    cb->name, p->backends[b].address, cb->address);
-            /* Rename out of the way: the new entry takes the name. */
-            snprintf(p->backends[b].name, sizeof(p->backends[b].name), "%.50s~%d", cb->name, b);
+        if (plan[j] == P_ADD)
+            continue;
+        struct tether_backend *be = &p->backends[slot[j]];
+        keep[slot[j]] = 1;
+        if (plan[j] == P_ADOPT) {
+            be->runtime = false;
+            tether_strlist_addf(rep->changes, "backend %s: added at run time, now from the file",
+                                cb->name);
         }
+        if (be->weight != cb->weight) {
+            tether_strlist_addf(rep->changes, "backend %s: weight %u -> %u", cb->name, be->weight,
+                                cb->weight);
+            be->weight = cb->weight;
+            p->weights[slot[j]] = cb->weight;
+            ring_dirty = true;
+        }
+        be->max_sessions = cb->max_sessions;
+        int adm = atomic_load(&be->admin);
+        if (adm != TETHER_BACKEND_ACTIVE) {
+            tether_strlist_addf(rep->dropped, "backend %s: %s set at run time", cb->name,
+                                adm == TETHER_BACKEND_DRAINING ? "drain" : "disable");
+            atomic_store(&be->admin, TETHER_BACKEND_ACTIVE);
+            set_reason(be, "reload: as the file says");
+            tether_events_publishf("backend.enabled", "{s:s,s:s}", "backend", cb->name, "reason",
+                                   "reload: as the file says");
+        }
+        /* Backend TLS: a fresh client context whenever the file has one. */
+        struct tether_config_errors errs = {0};
+        struct tether_tls_client *tls = cb->tls ? tether_tls_client_new(ncfg, j, &errs) : NULL;
+        tether_config_errors_deinit(&errs);
+        if (tls || !cb->tls) {
+            retire(p, R_TLS_CLIENT, p->tls_backends[slot[j]], GRACE_MS);
+            __atomic_store_n(&p->tls_backends[slot[j]], tls, __ATOMIC_RELEASE);
+        }
+    }
+    for (size_t j = 0; j < ncfg->nbackends; j++) {
+        if (plan[j] != P_ADD)
+            continue;
+        const struct tether_config_backend *cb = &ncfg->backends[j];
+        char err[256];
         int s = slot_fill(p, ncfg, j, cb->name, cb->address, cb->weight, cb->max_sessions, false,
                           err, sizeof(err));
-        if (s < 0) {
-            tether_strlist_addf(rep->errors, "%s", err);
+        if (s < 0) { /* checked above: only memory can fail here */
+            tether_log_error("reload: %s", err);
             continue;
         }
         keep[s] = 1;
         ring_dirty = true;
-        tether_strlist_addf(rep->changes, "backend %s added (%s)", cb->name, cb->address);
+        if (slot[j] < 0)
+            tether_strlist_addf(rep->changes, "backend %s added (%s)", cb->name, cb->address);
         tether_events_publishf("backend.added", "{s:s,s:s}", "backend", cb->name, "address",
                                cb->address);
     }
     if (ring_dirty)
         rebuild_ring(p, ncfg->balance.vnodes);
-    n = atomic_load(&p->nbackends);
-    for (size_t b = 0; keep && b < n; b++) {
-        if (keep[b] || !atomic_load(&p->backends[b].present))
+    size_t n = atomic_load(&p->nbackends);
+    for (size_t b = 0; b < n; b++) {
+        struct tether_backend *be = &p->backends[b];
+        bool leaving = false;
+        for (size_t j = 0; j < ncfg->nbackends; j++)
+            leaving |= plan[j] == P_ADD && slot[j] == (int)b;
+        if (keep[b] || (!atomic_load(&be->present) && !leaving))
             continue;
-        if (p->backends[b].runtime && !strchr(p->backends[b].name, '~'))
-            tether_strlist_addf(rep->dropped, "backend %s added at run time: not in the file",
-                                p->backends[b].name);
-        else if (!strchr(p->backends[b].name, '~'))
-            tether_strlist_addf(rep->changes, "backend %s removed", p->backends[b].name);
+        if (!leaving)
+            tether_strlist_addf(be->runtime ? rep->dropped : rep->changes, "backend %s %s",
+                                be->name, be->runtime ? "added at run time: not in the file"
+                                                      : "removed");
         size_t moved = slot_remove(p, (uint32_t)b, ncfg);
         if (moved)
-            tether_strlist_addf(rep->changes, "%zu session%s moved off %s", moved,
-                                moved == 1 ? "" : "s", p->backends[b].name);
+            tether_strlist_addf(rep->changes, "%zu session%s moved off %s (%s)", moved,
+                                moved == 1 ? "" : "s", be->name, be->address);
     }
-    free(keep);
 
-    /* Settings: the session table's budget and timeouts, then the config. */
+    /* Settings: the session table's budget and timeouts, the access log, the config. */
     struct tether_session_limits lim = {
         .max_sessions = ncfg->session.max_sessions,
         .max_state_bytes = ncfg->session.max_state_bytes,
@@ -760,12 +845,26 @@ int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
         .provisional_timeout_ms = ncfg->session.provisional_timeout_ms,
     };
     tether_session_set_limits(p->sessions, &lim);
-    retired_sweep(p, 2 * longest_handshake(ocfg) + 10000);
+    if (access != -3) {
+        /* Writers load the descriptor per line: the old one closes after a grace. */
+        retire_fd(p, R_FD, NULL, atomic_exchange(&p->access_fd, access), GRACE_MS);
+        tether_strlist_addf(rep->changes, "log.access: %s", ncfg->log.access);
+    }
+    retired_sweep(p);
     tls_swap(p, ocfg, fresh);
     atomic_store(&p->cfg, ncfg);
-    retire(p, R_CONFIG, (void *)ocfg);
+    retire(p, R_CONFIG, (void *)ocfg, CONFIG_GRACE_MS);
+    free(plan);
+    free(slot);
+    free(keep);
     pthread_mutex_unlock(&p->lock);
     return 0;
+fail:
+    free(plan);
+    free(slot);
+    free(keep);
+    pthread_mutex_unlock(&p->lock);
+    return -1;
 }
 
 /* The sessions of one backend, copied out of the table for a plan. */
@@ -854,11 +953,12 @@ int tether_proxy_reopen_logs(struct tether_proxy *p)
     pthread_mutex_lock(&p->lock);
     const char *access = atomic_load(&p->cfg)->log.access;
     int rc = 0;
-    if (p->access_fd >= 0 && strcmp(access, "stdout") != 0 && strcmp(access, "off") != 0) {
+    int cur = atomic_load(&p->access_fd);
+    if (cur >= 0 && strcmp(access, "stdout") != 0 && strcmp(access, "off") != 0) {
         int fd = open(access, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         /* dup2 swaps the file under the same descriptor: a worker's write
            goes wholly to the old file or wholly to the new one. */
-        if (fd < 0 || dup3(fd, p->access_fd, O_CLOEXEC) < 0) {
+        if (fd < 0 || dup3(fd, cur, O_CLOEXEC) < 0) {
             tether_log_error("access log %s: cannot reopen: %s", access, strerror(errno));
             rc = -1;
         }

@@ -252,6 +252,15 @@ static void relay_body(struct upstream *u)
         tether_stream_disable(u->bev, EV_READ);
 }
 
+/* A body with transfer codings but no final chunked (RFC 9112 6.3): keep it as it is. */
+static bool has_transfer_encoding(const struct tether_http_response *res)
+{
+    for (size_t i = 0; i < res->num_headers; i++)
+        if (tether_strieq(res->headers[i].name, res->headers[i].name_len, "transfer-encoding", 17))
+            return true;
+    return false;
+}
+
 static void start_tunnel(struct upstream *u)
 {
     struct conn *c = u->c;
@@ -338,7 +347,8 @@ static void read_head(struct upstream *u)
            client chunked: the client can then tell its end from a cut, and
            keep its connection. Without such framing (HTTP/1.0), or with the
            request still streaming, the response ends the client connection. */
-        u->rechunk = u->body == TETHER_HTTP_BODY_EOF && c->minor == 1;
+        u->rechunk = u->body == TETHER_HTTP_BODY_EOF && c->minor == 1 &&
+                     !has_transfer_encoding(&res);
         if ((u->body == TETHER_HTTP_BODY_EOF && !u->rechunk) || !c->req_done ||
             (c->minor == 0 && u->body == TETHER_HTTP_BODY_CHUNKED))
             c->close_after = true;

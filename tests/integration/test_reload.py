@@ -190,6 +190,92 @@ class ReloadTest(it.TetherTestCase):
         self.assertEqual(self.get("b1").status, 200)
         self.assertAlive()
 
+    def test_unusable_backend_address_changes_nothing(self):
+        """A file naming a backend by a host name is refused whole (tether
+        connects to addresses, it does not resolve), with file:line, and
+        nothing of it is applied: the renamed backend keeps its sessions."""
+        self.start()
+        keys = ["h%d" % i for i in range(20)]
+        for k in keys:
+            self.assertEqual(self.get(k).status, 200)
+        cfg = dict(self.tether.config)
+        cfg["backends"] = [dict(b) for b in cfg["backends"]]
+        cfg["backends"][0]["address"] = "fn1.invalid:%d" % self.pool.ports["fn-1"]
+        cfg["backends"].append({"name": "fn-9", "address": "127.0.0.1:1"})
+        self.rewrite(cfg)
+        status, rep = self.api("POST", "/api/v1/reload")
+        self.assertEqual(status, 400, rep)
+        self.assertTrue(any("backends[0].address" in e and "resolve" in e for e in rep["errors"]),
+                        rep)
+        status, bs = self.api("GET", "/api/v1/backends")
+        self.assertEqual([b["name"] for b in bs["backends"]], ["fn-1", "fn-2", "fn-3", "fn-4"])
+        for k in keys:
+            self.assertEqual(self.api("GET", "/api/v1/sessions/" + k)[1]["epoch"], 1)
+
+    def test_runtime_backends_are_checked_and_adopted(self):
+        """A backend added at run time is health-checked at once (a dead one
+        goes down); a removed one is checked no more; a file that names a
+        runtime backend at the same address adopts it (its sessions stay)."""
+        self.start(health={"interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 2})
+        dead = it.free_port()
+        status, b = self.api("POST", "/api/v1/backends",
+                             {"name": "ghost", "address": "%s:%d" % (it.HOST, dead)})
+        self.assertEqual(status, 201, b)
+        it.wait_until(lambda: self.api("GET", "/api/v1/backends")[1]["backends"][-1]["state"]
+                      == "down", 3, what="the dead runtime backend to go down")
+        status, _ = self.api("DELETE", "/api/v1/backends/ghost")
+        self.assertEqual(status, 200)
+        time.sleep(0.8)
+        before = self.tether.stderr_text().count("backend ghost")
+        time.sleep(0.8)
+        self.assertEqual(self.tether.stderr_text().count("backend ghost"), before,
+                         "a removed backend is still being checked")
+
+        # fn-4 leaves the file, comes back at run time, then the file names it again.
+        cfg = dict(self.tether.config)
+        full = [dict(b) for b in cfg["backends"]]
+        cfg["backends"] = full[:3]
+        self.rewrite(cfg)
+        self.assertEqual(self.api("POST", "/api/v1/reload")[0], 200)
+        status, _ = self.api("POST", "/api/v1/backends", {"name": "fn-4",
+                                                          "address": full[3]["address"]})
+        self.assertEqual(status, 201)
+        # Sessions placed while fn-1..3 are drained land on fn-4.
+        for name in ("fn-1", "fn-2", "fn-3"):
+            self.assertEqual(self.api("POST", "/api/v1/backends/%s/drain" % name)[0], 200)
+        keys = ["ad%d" % i for i in range(5)]
+        for k in keys:
+            self.assertEqual(self.get(k).instance, "fn-4")
+        cfg["backends"] = full
+        self.rewrite(cfg)
+        status, rep = self.api("POST", "/api/v1/reload")
+        self.assertEqual(status, 200, rep)
+        self.assertTrue(any("fn-4: added at run time, now from the file" in c
+                            for c in rep["changes"]), rep)
+        for k in keys:
+            s_ = self.api("GET", "/api/v1/sessions/" + k)[1]
+            self.assertEqual((s_["backend"], s_["epoch"]), ("fn-4", 1), s_)
+        origin = {b["name"]: b["origin"] for b in self.api("GET", "/api/v1/backends")[1]["backends"]}
+        self.assertEqual(origin["fn-4"], "config")
+
+    def test_admin_http_details(self):
+        """405 carries Allow; HEAD works where GET does; a message quoting
+        bytes that are not UTF-8 is still a JSON error."""
+        self.start()
+        url = "http://%s:%d" % (it.HOST, self.admin_port)
+        auth = ("-H", "Authorization: Bearer " + TOKEN)
+        out = it.curl("-i", "-X", "PUT", *auth, url + "/api/v1/status").stdout.decode()
+        head, _, body = out.partition("\r\n\r\n")
+        self.assertIn("405", head.split("\r\n")[0])
+        self.assertRegex(head, r"(?im)^allow: GET, HEAD\r?$")
+        self.assertIn("error", json.loads(body))
+        out = it.curl("-I", *auth, url + "/api/v1/status").stdout.decode()
+        self.assertIn("200", out.split("\r\n")[0])
+        out = it.curl("-i", *auth, url + "/api/v1/backends/%FF").stdout.decode()
+        head, _, body = out.partition("\r\n\r\n")
+        self.assertIn("404", head.split("\r\n")[0])
+        self.assertIn("unknown backend", json.loads(body)["error"])
+
     def test_drain_timeout_moves_sessions(self):
         self.start(drain_timeout="1s")
         keys = ["d%d" % i for i in range(40)]
