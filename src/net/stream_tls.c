@@ -70,13 +70,9 @@ struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd
         return s;
     stream_attach(s, fd);
     s->state = ST_HANDSHAKE;
-    if (s->accepting) {
-        /* The client speaks first. */
-        s->hs_want = EV_READ;
-        stream_sync(s);
-    } else {
-        stream_mark(s, P_HANDSHAKE);
-    }
+    /* Either side tries at once, from the loop: an accepting one usually
+       has the ClientHello waiting (the worst is one read that finds none). */
+    stream_mark(s, P_HANDSHAKE);
     return s;
 }
 

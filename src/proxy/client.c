@@ -301,8 +301,11 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->nconns++;
     if (c->tls) {
+        /* A client sends its ClientHello with the connect's last ACK: it is
+           usually there already, and waiting for readability would cost a
+           loop turn and two epoll changes. */
         event_assign(&c->timer, w->base, fd, EV_READ, on_peek, c);
-        arm(c, T_PEEK);
+        on_peek(fd, EV_READ, c);
         return;
     }
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);
