@@ -684,6 +684,75 @@ class Settings(TlsCase):
         self.assertIsNone(negotiated(out), out)
 
 
+class StsBackend:
+    """A plain HTTP/1.1 backend whose responses state their own HSTS policy."""
+
+    def __init__(self):
+        self.port = it.free_port()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                body = b"sts-backend"
+                self.send_response(200)
+                self.send_header("Strict-Transport-Security", "max-age=60")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Hsts(TlsCase):
+    STS = "strict-transport-security"
+
+    def test_off_by_default(self):
+        self.start_tls(self.start_pool(n=1))
+        self.assertEqual(self.assertServes().header_all(self.STS), [])
+
+    def test_on_tls_responses_only(self):
+        self.start_tls(self.start_pool(n=1), tls=self.tls_block(hsts="365d", hsts_subdomains=True),
+                       plain=True)
+        self.assertEqual(self.assertServes().header_all(self.STS), ["max-age=31536000; includeSubDomains"])
+        # tether's own answers carry it too
+        c = self.tls_conn("a.test")
+        c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: x\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual((r.status, r.header_all(self.STS)), (400, ["max-age=31536000; includeSubDomains"]))
+        # never over plain HTTP (RFC 6797 7.2): the plain listener, or plain HTTP on the TLS port
+        r = self.conn(port=self.plain_port).get("/", [("x-fc-session-id", "plain")])
+        self.assertEqual((r.status, r.header_all(self.STS)), (200, []))
+        c = self.conn()
+        c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual((r.status, r.header_all(self.STS)), (400, []))
+
+    def test_max_age_alone(self):
+        self.start_tls(self.start_pool(n=1), tls=self.tls_block(hsts="1h"))
+        self.assertEqual(self.assertServes().header_all(self.STS), ["max-age=3600"])
+
+    def test_backend_policy_wins(self):
+        be = StsBackend()
+        self._servers.append(be)
+        self.start_tls(backends=[{"name": "sts", "address": "%s:%d" % (HOST, be.port)}],
+                       tls=self.tls_block(hsts="365d"))
+        r = self.assertServes()
+        self.assertEqual((r.body, r.header_all(self.STS)), (b"sts-backend", ["max-age=60"]))
+
+
 # ---------------------------------------------------------------- bad input, limits
 
 class Handshake(TlsCase):
