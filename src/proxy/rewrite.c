@@ -150,7 +150,10 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
     if (c->upgrade)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (c->minor == 0)
-        p = PUTS(p, "Connection: close\r\n");
+        /* An HTTP/1.0 request keeps its connection only when it asks to
+           (RFC 9112 C.2.2): the upstream one is tether's, for the pool,
+           whatever the client wants of its own. */
+        p = PUTS(p, "Connection: keep-alive\r\n");
     p = PUTS(p, "X-Forwarded-For: ");
     for (size_t i = 0; i < nxff; i++) {
         p = put(p, xff[i]->value, xff[i]->value_len);

@@ -324,8 +324,6 @@ static void read_head(struct upstream *u)
         else
             u->keepalive = (res.flags & TETHER_HTTP_F_CONN_KEEPALIVE) &&
                            !(res.flags & TETHER_HTTP_F_CONN_CLOSE);
-        if (c->minor == 0)
-            u->keepalive = false; /* we asked for close on its behalf */
         /* Without its own framing, or with the request still streaming, the
            response ends the client connection. */
         if (u->body == TETHER_HTTP_BODY_EOF || !c->req_done ||
