@@ -10,7 +10,7 @@
 # tether/nginx ratios.
 #   tools/bench-tls.sh [BUILD_DIR]   env: REPS=3 DURATION=10s FULLHS_SECS=10 CERT=ec|rsa
 #                                         BENCH_DIR=../shared/bench RUN_DIR=/tmp/fc-bench
-#                                         PROTO=default|tls13|tls12
+#                                         PROTO=default|tls13|tls12 TLS_PORT=8443
 # PROTO compares like with like: the harness's nginx (1.22) speaks TLS 1.2
 # only, and TLS 1.3 resumption does an ECDHE exchange that TLS 1.2 ticket
 # resumption does not. tls13 runs a copy of the harness whose nginx enables
@@ -31,6 +31,7 @@ export REPS=${REPS:-3} DURATION=${DURATION:-10s} CERT=${CERT:-ec}
 proto=${PROTO:-default}
 export TAG=${TAG:-tether-tls-$proto-$(date -u +%Y%m%dT%H%M%SZ)}
 fullhs_secs=${FULLHS_SECS:-10}
+tls_port=${TLS_PORT:-8443} # the harness's TLS port, for the negotiation probe
 mkdir -p "$RESULTS_DIR"
 case $proto in
 default) ;;
@@ -60,8 +61,8 @@ echo "# $(uptime)"
 #    a TLS 1.3 ticket has arrived)
 negotiated() {
     local sess=$RUN_DIR/bench-tls.sess full resumed req='GET / HTTP/1.0\r\n\r\n'
-    full=$(printf "$req" | openssl s_client -connect 127.0.0.1:8443 -ign_eof -sess_out "$sess" 2>/dev/null)
-    resumed=$(printf "$req" | openssl s_client -connect 127.0.0.1:8443 -ign_eof -sess_in "$sess" 2>/dev/null)
+    full=$(printf "$req" | openssl s_client -connect "127.0.0.1:$tls_port" -ign_eof -sess_out "$sess" 2>/dev/null)
+    resumed=$(printf "$req" | openssl s_client -connect "127.0.0.1:$tls_port" -ign_eof -sess_in "$sess" 2>/dev/null)
     rm -f "$sess"
     printf '%s: %s, %s; resumption: %s, %s\n' "$1" \
         "$(sed -n 's/^New, \(.*\), Cipher is /\1 /p' <<< "$full" | head -1)" \
