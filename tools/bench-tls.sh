@@ -6,9 +6,16 @@
 #                CPU us per (resumed) connection
 #   fullhs       openssl s_time -new, a full handshake per connection:
 #                CPU us per handshake
-# Prints the medians and the tether/haproxy, tether/nginx ratios.
+# Prints what each side negotiates, the medians and the tether/haproxy,
+# tether/nginx ratios.
 #   tools/bench-tls.sh [BUILD_DIR]   env: REPS=3 DURATION=10s FULLHS_SECS=10 CERT=ec|rsa
 #                                         BENCH_DIR=../shared/bench RUN_DIR=/tmp/fc-bench
+#                                         PROTO=default|tls13|tls12 TLS_PORT=8443
+# PROTO compares like with like: the harness's nginx (1.22) speaks TLS 1.2
+# only, and TLS 1.3 resumption does an ECDHE exchange that TLS 1.2 ticket
+# resumption does not. tls13 runs a copy of the harness whose nginx enables
+# TLSv1.3; tls12 caps every client (wrk, openssl, curl) at TLS 1.2 through
+# an OPENSSL_CONF of its own. default runs the harness as it is.
 # Needs Debian's haproxy, nginx and wrk (and the openssl command line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +28,59 @@ done
 export RUN_DIR=${RUN_DIR:-/tmp/fc-bench}
 export RESULTS_DIR=${RESULTS_DIR:-$RUN_DIR/results}
 export REPS=${REPS:-3} DURATION=${DURATION:-10s} CERT=${CERT:-ec}
-export TAG=${TAG:-tether-tls-$(date -u +%Y%m%dT%H%M%SZ)}
+proto=${PROTO:-default}
+export TAG=${TAG:-tether-tls-$proto-$(date -u +%Y%m%dT%H%M%SZ)}
 fullhs_secs=${FULLHS_SECS:-10}
-tether=("$bench/tether.sh" "$build/tetherd" --tls)
+tls_port=${TLS_PORT:-8443} # the harness's TLS port, for the negotiation probe
 mkdir -p "$RESULTS_DIR"
+case $proto in
+default) ;;
+tls13)
+    # The harness folder stays read-only: its copy gets the nginx line.
+    copy=$RUN_DIR/bench-tls13
+    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$bench"/. "$copy"/
+    sed -i 's#^\( *\)ssl_certificate_key .*;#&\n\1ssl_protocols TLSv1.2 TLSv1.3;#' "$copy/conf/nginx-lb.conf.in"
+    grep -q 'ssl_protocols TLSv1.2 TLSv1.3;' "$copy/conf/nginx-lb.conf.in" ||
+        { echo "bench-tls: cannot enable TLSv1.3 in the nginx config" >&2; exit 1; }
+    bench=$copy
+    export BENCH_DIR=$copy ;;
+tls12)
+    printf '%s\n' 'openssl_conf = openssl_init' '[openssl_init]' 'ssl_conf = ssl_sect' '[ssl_sect]' \
+        'system_default = system_default_sect' '[system_default_sect]' 'MaxProtocol = TLSv1.2' \
+        > "$RUN_DIR/tls12.cnf"
+    export OPENSSL_CONF=$RUN_DIR/tls12.cnf ;;
+*) echo "bench-tls: PROTO must be default, tls13 or tls12" >&2; exit 1 ;;
+esac
+tether=("$bench/tether.sh" "$build/tetherd" --tls)
 
-echo "# bench-tls TAG=$TAG REPS=$REPS DURATION=$DURATION FULLHS_SECS=$fullhs_secs CERT=$CERT"
+echo "# bench-tls TAG=$TAG REPS=$REPS DURATION=$DURATION FULLHS_SECS=$fullhs_secs CERT=$CERT PROTO=$proto"
 echo "# $(uptime)"
+
+# 0. what each side negotiates with openssl s_client: a full handshake, then
+#    a resumption of its session (a request and its response first, so that
+#    a TLS 1.3 ticket has arrived)
+negotiated() {
+    local sess=$RUN_DIR/bench-tls.sess full resumed req='GET / HTTP/1.0\r\n\r\n'
+    full=$(printf "$req" | openssl s_client -connect "127.0.0.1:$tls_port" -ign_eof -sess_out "$sess" 2>/dev/null)
+    resumed=$(printf "$req" | openssl s_client -connect "127.0.0.1:$tls_port" -ign_eof -sess_in "$sess" 2>/dev/null)
+    rm -f "$sess"
+    printf '%s: %s, %s; resumption: %s, %s\n' "$1" \
+        "$(sed -n 's/^New, \(.*\), Cipher is /\1 /p' <<< "$full" | head -1)" \
+        "$(sed -n 's/^Server Temp Key: //p' <<< "$full" | head -1)" \
+        "$(grep -o -m1 '^\(Reused\|New\), [^,]*' <<< "$resumed")" \
+        "$(sed -n 's/^Server Temp Key: //p' <<< "$resumed" | head -1 | grep . || echo 'no key exchange')"
+}
+for t in tether haproxy nginx; do
+    (
+        set +e # lib.sh's helpers expect it (stop_pid's wait returns the signal)
+        source "$bench/lib.sh"
+        prepare_run_dir && ports_free_or_die
+        trap stop_all_started EXIT
+        start_backends single >/dev/null 2>&1
+        if [[ $t == tether ]]; then start_proxy custom "${tether[@]}"; else start_proxy "$t"; fi
+        negotiated "$t"
+    ) || echo "$t: negotiation probe failed"
+done
 
 # 1. keep-alive and resumed connections through run.sh, interleaved
 TARGETS="custom haproxy nginx" MODES="https https-close" CUSTOM_NAME=tether \

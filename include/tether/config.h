@@ -34,6 +34,8 @@ struct tether_config_listen_tls {
     char *ciphers;               /* "" = Mozilla intermediate */
     uint64_t handshake_timeout_ms;
     uint64_t ticket_rotation_ms;
+    uint64_t hsts_ms;            /* Strict-Transport-Security max-age; 0 = not sent */
+    bool hsts_subdomains;        /* ... with includeSubDomains */
 };
 
 struct tether_config_listen {

@@ -242,6 +242,9 @@ static const struct field ltls_f[] = {
     FLD(listen_tls, "ciphers", K_STR, 0, ciphers, 0, 0),
     FLD(listen_tls, "handshake_timeout", K_DUR, 0, handshake_timeout_ms, 100, 10 * MIN),
     FLD(listen_tls, "ticket_rotation", K_DUR, 0, ticket_rotation_ms, MIN, 7 * DAY),
+    /* two years: the longest max-age in use (HSTS preload asks for one) */
+    FLD(listen_tls, "hsts", K_DUR, 0, hsts_ms, 0, 2 * 365 * DAY),
+    FLD(listen_tls, "hsts_subdomains", K_BOOL, 0, hsts_subdomains, 0, 0),
 };
 static const struct table ltls_t = TABLE(ltls_f);
 

@@ -12,6 +12,9 @@
 
 #include "stream-int.h"
 
+/* Plaintext bytes in a full TLS record (RFC 8446 5.1). */
+#define TLS_RECORD_MAX 16384
+
 /*
  * What a failed SSL call means, given SSL_get_error() e and the errno sys
  * saved right after the call: BEV_EVENT_EOF, or BEV_EVENT_ERROR with *err
@@ -72,13 +75,9 @@ struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd
         return s;
     stream_attach(s, fd);
     s->state = ST_HANDSHAKE;
-    if (s->accepting) {
-        /* The client speaks first. */
-        s->hs_want = EV_READ;
-        stream_sync(s);
-    } else {
-        stream_mark(s, P_HANDSHAKE);
-    }
+    /* Either side tries at once, from the loop: an accepting one usually
+       has the ClientHello waiting (the worst is one read that finds none). */
+    stream_mark(s, P_HANDSHAKE);
     return s;
 }
 
@@ -155,11 +154,19 @@ ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err)
 
 /*
  * SSL_write the output's first segments. After WANT_*, OpenSSL wants the
- * same bytes offered again: they stay at the front of the output, which is
- * drained only by what was written. Returns the bytes written or -1.
+ * same bytes offered again, and no fewer: they stay at the front of the
+ * output, which is drained only by what was written and grows only at its
+ * end. Returns the bytes written or -1.
  */
 ssize_t stream_tls_write(struct tether_stream *s, int *err)
 {
+    /* Small segments (a response head, then its body) leave as one record:
+       one encryption, one write(), one TCP segment, where each SSL_write
+       would make its own. Without memory the segments go one by one. */
+    size_t len = evbuffer_get_length(s->output);
+    size_t first = evbuffer_get_contiguous_space(s->output);
+    if (first < len && first < TLS_RECORD_MAX)
+        evbuffer_pullup(s->output, (ev_ssize_t)(len < TLS_RECORD_MAX ? len : TLS_RECORD_MAX));
     struct evbuffer_iovec v[16];
     int n = evbuffer_peek(s->output, -1, NULL, v, 16);
     size_t total = 0;

@@ -157,12 +157,13 @@ void conn_error(struct conn *c, int status, const char *what)
     if (c->up)
         upstream_release(c->up, false);
     c->status = status;
-    char buf[512];
+    char buf[512], hsts[TETHER_PROXY_HSTS_MAX];
+    hsts[rewrite_hsts(c, hsts)] = '\0';
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                     "%sConnection: close\r\n\r\n%s\n",
+                     "%s%sConnection: close\r\n\r\n%s\n",
                      status, tether_http_reason(status), strlen(what) + 1,
-                     status == 503 ? "Retry-After: 1\r\n" : "", what);
+                     status == 503 ? "Retry-After: 1\r\n" : "", hsts, what);
     evbuffer_add(tether_stream_get_output(c->bev), buf, (size_t)n);
     c->bytes_out += (uint64_t)n;
     c->resp_started = true;
@@ -261,6 +262,8 @@ static void on_peek(evutil_socket_t fd, short what, void *arg)
         conn_start(c, ssl);
         return;
     }
+    /* Never over plain HTTP (RFC 6797 7.2). */
+    c->hsts_s = 0;
     if (conn_start(c, NULL) == 0)
         conn_error(c, 400, "plain HTTP sent to a TLS port");
 }
@@ -299,6 +302,8 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
         /* Taken now: a reload may renumber listeners and replace contexts
            (an old one lives longer than any handshake that uses it). */
         c->handshake_ms = w->cfg->listens[listen].tls->handshake_timeout_ms;
+        c->hsts_s = (w->cfg->listens[listen].tls->hsts_ms + 999) / 1000;
+        c->hsts_subdomains = w->cfg->listens[listen].tls->hsts_subdomains;
         c->tls_srv = w->tls[listen];
     }
     c->backend = -1;
@@ -306,8 +311,11 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     TAILQ_INSERT_TAIL(&w->conns, c, link);
     w->nconns++;
     if (c->tls) {
+        /* A client sends its ClientHello with the connect's last ACK: it is
+           usually there already, and waiting for readability would cost a
+           loop turn and two epoll changes. */
         event_assign(&c->timer, w->base, fd, EV_READ, on_peek, c);
-        arm(c, T_PEEK);
+        on_peek(fd, EV_READ, c);
         return;
     }
     event_assign(&c->timer, w->base, -1, 0, conn_on_timer, c);

@@ -77,6 +77,8 @@ struct conn {
     int fd;                      /* until the stream exists (TLS listeners peek first) */
     size_t listen;               /* index in cfg->listens at accept */
     uint64_t handshake_ms;       /* TLS listeners: handshake_timeout */
+    uint64_t hsts_s;             /* TLS listeners: HSTS max-age, 0 = none */
+    bool hsts_subdomains;
     struct tether_tls_server *tls_srv;
     SSL *ssl;                    /* borrowed from bev on TLS listeners */
     bool handshaking;            /* the TLS handshake is under way */
@@ -203,6 +205,10 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req);
 int rewrite_response(struct conn *c, struct upstream *u, const struct tether_http_response *res,
                      struct evbuffer *out);
 int header_is_hop_by_hop(const char *name, size_t len);
+/* The Strict-Transport-Security line of c's listener, CRLF included, into buf
+   (at least TETHER_PROXY_HSTS_MAX bytes); returns its length, 0 when none. */
+#define TETHER_PROXY_HSTS_MAX 96
+size_t rewrite_hsts(const struct conn *c, char *buf);
 
 /* accesslog.c */
 void accesslog_write(struct conn *c);

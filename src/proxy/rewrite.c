@@ -3,8 +3,10 @@
  * response head for the client. Hop-by-hop fields (RFC 9110 7.6.1) and
  * every field the peer named in Connection are dropped; a client can never
  * forge tether's own x-fc-session-* fields, nor X-Forwarded-Proto/-Host;
- * X-Forwarded-For is appended to.
+ * X-Forwarded-For is appended to. A TLS listener with an HSTS policy adds
+ * Strict-Transport-Security where the backend did not.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,7 +150,10 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
     if (c->upgrade)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (c->minor == 0)
-        p = PUTS(p, "Connection: close\r\n");
+        /* An HTTP/1.0 request keeps its connection only when it asks to
+           (RFC 9112 C.2.2): the upstream one is tether's, for the pool,
+           whatever the client wants of its own. */
+        p = PUTS(p, "Connection: keep-alive\r\n");
     p = PUTS(p, "X-Forwarded-For: ");
     for (size_t i = 0; i < nxff; i++) {
         p = put(p, xff[i]->value, xff[i]->value_len);
@@ -168,12 +173,22 @@ int rewrite_request(struct conn *c, const struct tether_http_request *req)
     return 0;
 }
 
+size_t rewrite_hsts(const struct conn *c, char *buf)
+{
+    if (!c->hsts_s)
+        return 0;
+    int n = snprintf(buf, TETHER_PROXY_HSTS_MAX, "Strict-Transport-Security: max-age=%llu%s\r\n",
+                     (unsigned long long)c->hsts_s,
+                     c->hsts_subdomains ? "; includeSubDomains" : "");
+    return n > 0 && n < TETHER_PROXY_HSTS_MAX ? (size_t)n : 0;
+}
+
 int rewrite_response(struct conn *c, struct upstream *u, const struct tether_http_response *res,
                      struct evbuffer *out)
 {
     const struct tether_http_header *h = res->headers;
     size_t nh = res->num_headers;
-    size_t need = res->reason_len + 128 + (c->minted ? 512 : 0);
+    size_t need = res->reason_len + 128 + TETHER_PROXY_HSTS_MAX + (c->minted ? 512 : 0);
     for (size_t i = 0; i < nh; i++)
         need += h[i].name_len + h[i].value_len + 4;
 
@@ -189,7 +204,7 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
     p = put(p, code, 4);
     p = put(p, res->reason, res->reason_len);
     p = PUTS(p, "\r\n");
-    bool switching = res->status == 101;
+    bool switching = res->status == 101, has_sts = false;
     for (size_t i = 0; i < nh; i++) {
         const char *n = h[i].name;
         size_t nl = h[i].name_len;
@@ -199,6 +214,7 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
         /* Meant for tether alone (DESIGN.md "State handoff"). */
         if (ieq(n, nl, "x-fc-session-state") || ieq(n, nl, "x-fc-session-end"))
             continue;
+        has_sts = has_sts || ieq(n, nl, "strict-transport-security");
         p = put(p, n, nl);
         p = PUTS(p, ": ");
         p = put(p, h[i].value, h[i].value_len);
@@ -208,6 +224,10 @@ int rewrite_response(struct conn *c, struct upstream *u, const struct tether_htt
         p += affinity_set_cookie(c, p, 512);
     if (u && u->rechunk && res->status >= 200)
         p = PUTS(p, "Transfer-Encoding: chunked\r\n");
+    /* The listener's HSTS policy, unless the backend states its own
+       (a client heeds only the first, RFC 6797 8.1). */
+    if (res->status >= 200 && !switching && !has_sts)
+        p += rewrite_hsts(c, p);
     if (switching)
         p = PUTS(p, "Connection: upgrade\r\n");
     else if (res->status >= 200) {

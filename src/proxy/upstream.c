@@ -341,8 +341,6 @@ static void read_head(struct upstream *u)
         else
             u->keepalive = (res.flags & TETHER_HTTP_F_CONN_KEEPALIVE) &&
                            !(res.flags & TETHER_HTTP_F_CONN_CLOSE);
-        if (c->minor == 0)
-            u->keepalive = false; /* we asked for close on its behalf */
         /* A body that ends with the backend's connection goes to an HTTP/1.1
            client chunked: the client can then tell its end from a cut, and
            keep its connection. Without such framing (HTTP/1.0), or with the

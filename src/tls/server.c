@@ -84,7 +84,12 @@ static SSL_CTX *ctx_new(const struct tether_config_listen_tls *t)
     /* The server's order (strongest first) decides, whatever a client prefers. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* The chain sent is the one configured (SSL_CTX_use_certificate_chain_file):
+       no chain building against a store per full handshake. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
+    /* One read() takes every record that has arrived (a client's Finished
+       and its request), instead of two per record (header, then body). */
+    SSL_CTX_set_read_ahead(ctx, 1);
     SSL_CTX_set1_groups_list(ctx, INTERMEDIATE_GROUPS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
     static const unsigned char sid_ctx[] = "tether";

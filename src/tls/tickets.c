@@ -24,6 +24,8 @@ struct ticket_key {
 /* [0] current, [1] previous; guarded by lock (read per handshake, written per rotation). */
 static struct ticket_key keys[2];
 static pthread_rwlock_t lock = PTHREAD_RWLOCK_INITIALIZER;
+/* Fetched once: EVP_aes_256_cbc() would be looked up by name at every ticket. */
+static EVP_CIPHER *aes;
 
 static int fresh(struct ticket_key *k)
 {
@@ -57,8 +59,8 @@ static int set_keys(const struct ticket_key *k, const unsigned char *iv, EVP_CIP
     };
     if (EVP_MAC_CTX_set_params(hctx, params) != 1)
         return -1;
-    int ok = enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)
-                 : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv);
+    int ok = enc ? EVP_EncryptInit_ex(cctx, aes, NULL, k->aes, iv)
+                 : EVP_DecryptInit_ex(cctx, aes, NULL, k->aes, iv);
     return ok == 1 ? 0 : -1;
 }
 
@@ -93,7 +95,8 @@ static int first_rc;
 
 static void first_key(void)
 {
-    first_rc = tether_tls_tickets_rotate();
+    aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    first_rc = aes ? tether_tls_tickets_rotate() : -1;
 }
 
 int tls_tickets_attach(SSL_CTX *ctx)

@@ -148,6 +148,24 @@ class KeepAlive(it.TetherTestCase):
         self.assertTrue(closed, "HTTP/1.0 request without keep-alive left the socket open")
         self.assertEqual(extra, b"")
 
+    def test_http10_upstream_kept(self):
+        # each HTTP/1.0 client closes, but the backend connection goes back to the pool
+        before = self.pool.snapshot()
+        for i in range(10):
+            c = self.conn()
+            c.send(b"GET /echo HTTP/1.0\r\nHost: 127.0.0.1\r\nx-fc-session-id: h10-%s\r\n\r\n"
+                   % self.tag.encode())
+            r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            _, headers = it.parse_echo(r.body)
+            self.assertIn(("connection", "keep-alive"), [(k.lower(), v.lower()) for k, v in headers])
+            closed, extra = c.closed_within(2.0)
+            self.assertTrue(closed, "HTTP/1.0 request without keep-alive left the socket open")
+            c.close()
+        conns, reqs = self.upstream_conns(before)
+        self.assertEqual(reqs, 10)
+        self.assertLessEqual(conns, 2, "10 HTTP/1.0 requests used %d upstream connections" % conns)
+
     def test_sequential_curl_keepalive(self):
         # curl with many URLs reuses its one connection; upstream too
         before = self.pool.snapshot()

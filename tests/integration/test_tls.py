@@ -6,7 +6,8 @@ files. Real clients: curl, `openssl s_client`, Python's ssl module.
 The certificates are made here with the openssl command line, in a
 temporary directory: a CA and a second, unrelated CA; leaves for `a.test`
 and `*.b.test`; a backend leaf for 127.0.0.1 / backend.test; a self-signed
-one; an expired one (issued with `openssl ca -startdate/-enddate`).
+one; an expired one (issued with `openssl ca -startdate/-enddate`); `c.test`
+from an intermediate CA, in a file that holds the chain.
 """
 
 import http.server
@@ -89,6 +90,14 @@ class Pki:
         self.be_crt, self.be_key = self._leaf("backend", "backend.test", "DNS:backend.test,IP:127.0.0.1")
         self.self_crt, self.self_key = self._selfsigned("self", "backend.test", "DNS:backend.test,IP:127.0.0.1")
         self.old_crt, self.old_key = self._expired("old", "old.test", "DNS:old.test")
+        # c.test is issued by an intermediate CA; its file holds the leaf, then the intermediate
+        self.inter_crt, self.inter_key = self._intermediate("inter", "tether test intermediate")
+        leaf, self.c_key = self._leaf("c", "c.test", "DNS:c.test", ca=(self.inter_crt, self.inter_key))
+        self.c_chain = self.path("c-chain.crt")
+        with open(self.c_chain, "w") as out:
+            for part in (leaf, self.inter_crt):
+                with open(part) as f:
+                    out.write(f.read())
         self.der = {}
         for name in ("a", "b", "backend", "self", "old"):
             with open(os.path.join(d, name + ".crt")) as f:
@@ -120,13 +129,17 @@ class Pki:
                      "-keyout", key, "-out", csr, san=san)
         return key, csr
 
-    def _leaf(self, name, cn, san):
+    def _leaf(self, name, cn, san, ca=None, extensions="leaf"):
+        ca_crt, ca_key = ca or (self.ca_crt, self.ca_key)
         key, csr = self._csr(name, cn, san)
         crt = self.path(name + ".crt")
-        self.openssl("x509", "-req", "-in", csr, "-CA", self.ca_crt, "-CAkey", self.ca_key,
-                     "-CAcreateserial", "-days", "30", "-extfile", self.cnf, "-extensions", "leaf",
+        self.openssl("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+                     "-CAcreateserial", "-days", "30", "-extfile", self.cnf, "-extensions", extensions,
                      "-out", crt, san=san)
         return crt, key
+
+    def _intermediate(self, name, cn):
+        return self._leaf(name, cn, "DNS:unused", extensions="v3_ca")
 
     def _selfsigned(self, name, cn, san):
         crt, key = self.path(name + ".crt"), self.path(name + ".key")
@@ -413,6 +426,17 @@ class Listener(TlsCase):
         p = self.curl_tls("c.test")
         self.assertNotEqual(p.returncode, 0, p.stdout)
 
+    def test_certificate_chain_sent_as_configured(self):
+        # a client that trusts only the root verifies c.test through the intermediate
+        # sent from the certificate file; a leaf alone goes out alone
+        t = self.start_tls(self.pool, tls=self.tls_block(certs=[(PKI.a_crt, PKI.a_key),
+                                                                (PKI.c_chain, PKI.c_key)]))
+        p = self.curl_tls("c.test")
+        self.assertEqual((p.returncode, p.stdout.decode()), (0, "200 0"), p.stderr)
+        for name, want in (("c.test", 2), ("a.test", 1)):
+            rc, out, _ = s_client(t.port, "-servername", name, "-showcerts")
+            self.assertEqual(out.count("-----BEGIN CERTIFICATE-----"), want, out)
+
     def test_alpn_http11(self):
         rc, out, _ = s_client(self.port, "-servername", "a.test", "-alpn", "h2,http/1.1")
         self.assertIn("ALPN protocol: http/1.1", out)
@@ -673,6 +697,75 @@ class Settings(TlsCase):
         rc, out, _ = s_client(self.port, "-servername", "x.b.test", "-tls1_2", "-cipher",
                               "ECDHE-ECDSA-AES128-GCM-SHA256")
         self.assertIsNone(negotiated(out), out)
+
+
+class StsBackend:
+    """A plain HTTP/1.1 backend whose responses state their own HSTS policy."""
+
+    def __init__(self):
+        self.port = it.free_port()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                body = b"sts-backend"
+                self.send_response(200)
+                self.send_header("Strict-Transport-Security", "max-age=60")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((HOST, self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+class Hsts(TlsCase):
+    STS = "strict-transport-security"
+
+    def test_off_by_default(self):
+        self.start_tls(self.start_pool(n=1))
+        self.assertEqual(self.assertServes().header_all(self.STS), [])
+
+    def test_on_tls_responses_only(self):
+        self.start_tls(self.start_pool(n=1), tls=self.tls_block(hsts="365d", hsts_subdomains=True),
+                       plain=True)
+        self.assertEqual(self.assertServes().header_all(self.STS), ["max-age=31536000; includeSubDomains"])
+        # tether's own answers carry it too
+        c = self.tls_conn("a.test")
+        c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\nContent-Length: x\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual((r.status, r.header_all(self.STS)), (400, ["max-age=31536000; includeSubDomains"]))
+        # never over plain HTTP (RFC 6797 7.2): the plain listener, or plain HTTP on the TLS port
+        r = self.conn(port=self.plain_port).get("/", [("x-fc-session-id", "plain")])
+        self.assertEqual((r.status, r.header_all(self.STS)), (200, []))
+        c = self.conn()
+        c.send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        r = c.read_response()
+        self.assertEqual((r.status, r.header_all(self.STS)), (400, []))
+
+    def test_max_age_alone(self):
+        self.start_tls(self.start_pool(n=1), tls=self.tls_block(hsts="1h"))
+        self.assertEqual(self.assertServes().header_all(self.STS), ["max-age=3600"])
+
+    def test_backend_policy_wins(self):
+        be = StsBackend()
+        self._servers.append(be)
+        self.start_tls(backends=[{"name": "sts", "address": "%s:%d" % (HOST, be.port)}],
+                       tls=self.tls_block(hsts="365d"))
+        r = self.assertServes()
+        self.assertEqual((r.body, r.header_all(self.STS)), (b"sts-backend", ["max-age=60"]))
 
 
 # ---------------------------------------------------------------- bad input, limits

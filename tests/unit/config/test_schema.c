@@ -256,7 +256,9 @@ START_TEST(listen_tls)
                                                    "        - { cert: b.crt, key: b.key }\n"
                                                    "      min_version: tls1.3\n"
                                                    "      ciphers: ECDHE+AESGCM\n"
-                                                   "      handshake_timeout: 5s\n",
+                                                   "      handshake_timeout: 5s\n"
+                                                   "      hsts: 365d\n"
+                                                   "      hsts_subdomains: true\n",
                                         &e);
 
     ck_assert_ptr_nonnull(c);
@@ -268,6 +270,16 @@ START_TEST(listen_tls)
     ck_assert_str_eq(c->listens[0].tls->ciphers, "ECDHE+AESGCM");
     ck_assert_uint_eq(c->listens[0].tls->handshake_timeout_ms, 5000);
     ck_assert_uint_eq(c->listens[0].tls->ticket_rotation_ms, 3600000);
+    ck_assert_uint_eq(c->listens[0].tls->hsts_ms, 365 * 86400000ull);
+    ck_assert(c->listens[0].tls->hsts_subdomains);
+    tether_config_free(c);
+    tether_config_errors_deinit(&e);
+
+    /* HSTS is off unless asked for */
+    c = load_text(TLS_LISTEN "      certificates: [{ cert: a, key: b }]\n", &e);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(c->listens[0].tls->hsts_ms, 0);
+    ck_assert(!c->listens[0].tls->hsts_subdomains);
     tether_config_free(c);
     tether_config_errors_deinit(&e);
 
@@ -285,6 +297,9 @@ START_TEST(listen_tls)
     ck_assert_one_error(TLS_LISTEN "      certificates: [{ cert: a, key: b }]\n"
                                    "      ticket_rotation: 10s\n",
                         8, 24, "listen[0].tls.ticket_rotation", "between 1m and 7d");
+    ck_assert_one_error(TLS_LISTEN "      certificates: [{ cert: a, key: b }]\n"
+                                   "      hsts: 800d\n",
+                        8, 13, "listen[0].tls.hsts", "between 0ms and 730d");
 }
 END_TEST
 

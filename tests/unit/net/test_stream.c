@@ -1407,6 +1407,75 @@ START_TEST(test_tls_garbage_is_error)
 }
 END_TEST
 
+/* A raw, non-blocking client SSL on fd, driven while the loop runs. */
+static SSL *raw_client(int fd)
+{
+    SSL *ssl = SSL_new(client_ctx);
+    ck_assert_ptr_nonnull(ssl);
+    ck_assert_int_eq(SSL_set_fd(ssl, fd), 1);
+    int r = 0;
+    for (int i = 0; i < 300 && (r = SSL_connect(ssl)) != 1; i++) {
+        ck_assert_int_eq(SSL_get_error(ssl, r), SSL_ERROR_WANT_READ);
+        run_for(10);
+    }
+    ck_assert_int_eq(r, 1);
+    return ssl;
+}
+
+/* SSL_read into buf while the loop runs: what one record held. */
+static int raw_read(SSL *ssl, char *buf, int len)
+{
+    int r = 0;
+    for (int i = 0; i < 300 && (r = SSL_read(ssl, buf, len)) <= 0; i++) {
+        ck_assert_int_eq(SSL_get_error(ssl, r), SSL_ERROR_WANT_READ);
+        run_for(10);
+    }
+    return r;
+}
+
+/* Output in several small segments (a head, then a body) leaves as one record. */
+START_TEST(test_tls_small_segments_one_record)
+{
+    int sv[2];
+    socket_pair(sv);
+    struct tether_stream *srv = tether_stream_new_tls(loop, sv[0], SSL_new(server_ctx), 1);
+    struct rec rs = {0};
+    tether_stream_setcb(srv, NULL, NULL, rec_event, &rs);
+    SSL *cli = raw_client(sv[1]);
+    ck_assert(run_until(&rs.connected, 3000));
+
+    struct evbuffer *out = tether_stream_get_output(srv), *body = evbuffer_new();
+    evbuffer_add(body, "body", 4);
+    evbuffer_add(out, "head-", 5);
+    evbuffer_add_buffer(out, body);
+    ck_assert_int_ge(evbuffer_peek(out, -1, NULL, NULL, 0), 2);
+    char buf[64];
+    ck_assert_int_eq(raw_read(cli, buf, sizeof(buf)), 9);
+    ck_assert(memcmp(buf, "head-body", 9) == 0);
+
+    /* More than a record: full records, then the rest. */
+    char big[20000];
+    memset(big, 'x', sizeof(big));
+    evbuffer_add(out, "h", 1);
+    evbuffer_add_reference(out, big, sizeof(big), NULL, NULL);
+    int got = 0, n;
+    char rbuf[32768];
+    while (got < 1 + (int)sizeof(big) && (n = raw_read(cli, rbuf, sizeof(rbuf))) > 0) {
+        ck_assert_int_le(n, 16384);
+        if (got == 0)
+            ck_assert_int_eq(n, 16384);
+        got += n;
+    }
+    ck_assert_int_eq(got, 1 + (int)sizeof(big));
+    ck_assert_uint_eq(evbuffer_get_length(out), 0);
+
+    evbuffer_free(body);
+    SSL_free(cli);
+    tether_stream_free(srv);
+    close(sv[1]);
+}
+END_TEST
+
 /* A TLS client that connects over TCP; the server side is accepted raw. */
 struct acceptor {
     int lfd;
@@ -1509,6 +1578,7 @@ static Suite *stream_suite(void)
     tcase_add_test(tc, test_tls_dirty_shutdown_is_eof);
     tcase_add_test(tc, test_tls_close_notify_is_eof);
     tcase_add_test(tc, test_tls_garbage_is_error);
+    tcase_add_test(tc, test_tls_small_segments_one_record);
     tcase_add_test(tc, test_tls_connect);
     suite_add_tcase(s, tc);
     return s;
