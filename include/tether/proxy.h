@@ -24,6 +24,7 @@
 struct event_base;
 struct tether_ring;
 struct tether_session_table;
+struct tether_store;
 struct tether_tls_server;
 struct tether_tls_client;
 
@@ -54,6 +55,7 @@ struct tether_proxy {
     uint32_t *weights;           /* backends[i].weight, as one array for the lb */
     struct tether_ring *ring;
     struct tether_session_table *sessions;
+    struct tether_store *store;  /* borrowed: the redis store; NULL with the memory store */
     _Atomic uint64_t state_dropped; /* state blobs over state_max_bytes */
     struct tether_tls_server **tls; /* per listen entry; NULL for plain TCP */
     struct tether_tls_client **tls_backends; /* per backend; NULL for plain TCP */
