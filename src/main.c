@@ -29,6 +29,7 @@ struct daemon {
     struct tether_proxy *proxy;
     struct tether_net *net;
     struct tether_health *health;
+    struct tether_store *store;
     const char **names; /* backend names by index, for snapshots */
 };
 
@@ -170,11 +171,14 @@ int main(int argc, char **argv)
     int rc = 1;
     d.base = event_base_new();
     d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
-    if (cfg->state.store == TETHER_STORE_REDIS) {
-        tether_log_error("state.store: redis is not available in this version; use memory");
-        goto out;
+    if (d.proxy && cfg->state.store == TETHER_STORE_REDIS) {
+        /* Before the workers: each connects to Redis on its own loop. */
+        d.store = tether_store_new(d.proxy);
+        if (!d.store)
+            goto out;
+        d.proxy->store = d.store;
     }
-    if (d.proxy && cfg->state.snapshot[0]) {
+    if (d.proxy && cfg->state.store == TETHER_STORE_MEMORY && cfg->state.snapshot[0]) {
         d.names = calloc(cfg->nbackends, sizeof(*d.names));
         if (!d.names)
             goto out;
@@ -251,6 +255,7 @@ out_sigs:
             event_free(sigs[i]);
 out:
     tether_net_free(d.net);
+    tether_store_free(d.store);
     tether_proxy_free(d.proxy);
     if (d.base)
         event_base_free(d.base);
