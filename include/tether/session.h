@@ -17,6 +17,8 @@
 #define TETHER_SESSION_MAX_KEY 256
 /* Backend slots a table tracks loads for (backend indices are < this). */
 #define TETHER_SESSION_MAX_BACKENDS 4096
+/* moved_from of a session a state store moved from a backend not configured here. */
+#define TETHER_SESSION_NOWHERE UINT32_MAX
 
 struct tether_session_table;
 
@@ -39,7 +41,8 @@ struct tether_session_info {
     bool provisional;               /* minted, not yet seen back: no load */
     bool handoff;                   /* moved, and the new backend has not yet
                                        answered a request with a non-5xx */
-    uint32_t moved_from;            /* the backend it last moved from (when handoff) */
+    uint32_t moved_from;            /* the backend it last moved from (when handoff);
+                                       TETHER_SESSION_NOWHERE: one not known here */
     uint32_t state_len;             /* bytes of the stored state blob */
     bool stale;                     /* marked by tether_session_mark_stale(): the state
                                        store must confirm it before it is trusted */
@@ -216,8 +219,9 @@ int tether_session_import(struct tether_session_table *t, const struct tether_se
  * session; live records count as load). Present: its stale mark goes, a
  * provisional record given as live becomes live, and when the binding
  * differs it takes v's backend and epoch, hands off (from v's moved_from
- * when v is handing off, else from the backend it leaves; a provisional
- * record hands nothing off) and takes v's state when v has one.
+ * when v is handing off, which may be TETHER_SESSION_NOWHERE, else from the
+ * backend it leaves; a provisional record hands nothing off) and takes v's
+ * state when v has one.
  * The watcher is not told: the store already holds it. Returns 0 (binding
  * unchanged), 1 (rebound), 2 (inserted), -EINVAL, -ENOMEM.
  * Lock: shard, placement.

@@ -325,9 +325,12 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
         evbuffer_add_printf(out, "x-fc-session-id: %.*s\r\nx-fc-session-epoch: %u\r\n",
                             (int)c->key_len, c->key, c->epoch);
         if (c->handoff) {
-            /* Until the new home has answered one request without a 5xx. */
-            evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
-                                p->backends[c->moved_from].name);
+            /* Until the new home has answered one request without a 5xx.
+               A backend not configured here (the redis store knew it by
+               name only) goes unnamed; the state still goes along. */
+            if (c->moved_from < p->nbackends)
+                evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
+                                    p->backends[c->moved_from].name);
             /* Copied straight into the output: no buffer of its own. */
             size_t max = c->w->cfg->session.state_max_bytes;
             struct evbuffer_iovec v;

@@ -765,7 +765,8 @@ int tether_session_adopt(struct tether_session_table *t, const struct tether_ses
     const struct tether_session_info *in = &v->info;
     if (in->backend >= TETHER_SESSION_MAX_BACKENDS || v->key_len == 0 ||
         v->key_len > TETHER_SESSION_MAX_KEY ||
-        (in->handoff && in->moved_from >= TETHER_SESSION_MAX_BACKENDS))
+        (in->handoff && in->moved_from >= TETHER_SESSION_MAX_BACKENDS &&
+         in->moved_from != TETHER_SESSION_NOWHERE))
         return -EINVAL;
     struct shard *sh = shard_of(t, hash);
     int rc = 0;

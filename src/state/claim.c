@@ -221,6 +221,8 @@ int claim_adopt_fields(struct tether_store_worker *sw, const char *key, size_t l
             return 0;
         v.info.backend = (uint32_t)pick;
         v.info.epoch = (uint32_t)rec.epoch + 1;
+        v.info.handoff = !rec.provisional; /* the new home gets the state */
+        v.info.moved_from = TETHER_SESSION_NOWHERE;
         int rc = tether_session_adopt(st->table, &v, hash, now);
         if (rc >= 0)
             write_move_from(sw, key, len, hash, (uint32_t)rec.epoch);
@@ -230,8 +232,8 @@ int claim_adopt_fields(struct tether_store_worker *sw, const char *key, size_t l
     v.info.epoch = (uint32_t)rec.epoch;
     int from =
         rec.moved_from_len ? store_backend_index(st, rec.moved_from, rec.moved_from_len) : -1;
-    v.info.handoff = rec.handoff && from >= 0;
-    v.info.moved_from = from >= 0 ? (uint32_t)from : 0;
+    v.info.handoff = rec.handoff && !rec.provisional;
+    v.info.moved_from = from >= 0 ? (uint32_t)from : TETHER_SESSION_NOWHERE;
     int rc = tether_session_adopt(st->table, &v, hash, now);
     if (rc == 1) {
         atomic_fetch_add(&st->reconciles, 1);

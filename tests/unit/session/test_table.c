@@ -1003,8 +1003,19 @@ START_TEST(test_adopt)
     /* adopting tells the watcher nothing; only the local changes above did */
     ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_CREATE], 2);
     ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_MOVE], 0);
+    /* moved from a backend the store knows and this table does not */
+    v.info.backend = 0;
+    v.info.epoch = 5;
+    v.info.moved_from = TETHER_SESSION_NOWHERE;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 160), 1);
+    ck_assert_int_eq(get(t, "a", &in), 0);
+    ck_assert(in.handoff);
+    ck_assert_uint_eq(in.moved_from, TETHER_SESSION_NOWHERE);
+    v.info.moved_from = TETHER_SESSION_MAX_BACKENDS;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 170), -EINVAL);
     v.info.backend = TETHER_SESSION_MAX_BACKENDS;
-    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 160), -EINVAL);
+    v.info.handoff = false;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 180), -EINVAL);
     tether_session_table_free(t);
 }
 END_TEST
