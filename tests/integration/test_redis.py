@@ -199,6 +199,28 @@ class RedisStore(it.TetherTestCase):
         self.assertIn("backend %s is down" % victim, a.stderr_text())
         self.assertNotIn("backend %s is down" % victim, b.stderr_text())
 
+    def test_minted_cookie_comes_back_through_the_other(self):
+        a = self.start()
+        b = self.start()
+        r = self.conn(port=a.port).get("/", [])
+        self.assertEqual(r.status, 200, r)
+        cookie = r.header("set-cookie")
+        self.assertTrue(cookie and cookie.startswith("fc_session="), r)
+        key = cookie.split(";")[0].split("=", 1)[1]
+        it.wait_until(lambda: self.record(key).get("provisional") == "1", 5,
+                      what="the minted session in Redis")
+        ttl = self.redis.call("PTTL", PREFIX + "s:" + key)
+        self.assertTrue(0 < ttl <= 60 * 1000, ttl)  # provisional_timeout
+        for port in (b.port, a.port, b.port):
+            r2 = self.conn(port=port).get("/", [("Cookie", "fc_session=" + key)])
+            self.assertEqual(r2.status, 200, r2)
+            self.assertEqual(r2.instance, r.instance)
+            self.assertEqual(r2.header_all("set-cookie"), [])
+        # seen back: live, with the idle timeout
+        it.wait_until(lambda: self.record(key).get("provisional") == "0", 5,
+                      what="the session confirmed in Redis")
+        self.assertGreater(self.redis.call("PTTL", PREFIX + "s:" + key), 60 * 1000)
+
     # ------------------------------------------------------------ outage
 
     def test_outage_fails_and_delays_nothing(self):
@@ -324,6 +346,25 @@ class RedisStore(it.TetherTestCase):
         good = "err-%s-good" % self.tag
         self.served(self.keyed(t.port, good, c), good)
         it.wait_until(lambda: self.record(good).get("backend"), 5, what="a good key written")
+
+    def test_unknown_backend_is_placed_here(self):
+        key = "unk-%s" % self.tag
+        rk = PREFIX + "s:" + key
+        self.redis.call("HSET", rk, "backend", "fn-99", "epoch", "3", "created",
+                        str(int(time.time() * 1000)), "last_seen", str(int(time.time() * 1000)),
+                        "requests", "7", "provisional", "0", "handoff", "0", "moved_from", "",
+                        "state", "Y291bnQ9Nw==")  # count=7
+        self.redis.call("PEXPIRE", rk, 60000)
+        t = self.start()
+        r = self.keyed(t.port, key)
+        inst, count = self.served(r, key)
+        self.assertEqual(count, 8)  # the stored state went along
+        self.wait_logged(t, 'backend "fn-99", which is not configured here')
+        # written over as a move, so every tetherd agrees on a binding that works
+        it.wait_until(lambda: self.record(key).get("backend") == inst, 5,
+                      what="the new binding in Redis")
+        self.assertEqual(self.record(key).get("epoch"), "4")
+        self.assertEqual(self.served(self.keyed(t.port, key), key), (inst, 9))
 
     def test_wrong_password_is_treated_as_down(self):
         self.redis.stop()
