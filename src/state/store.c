@@ -86,10 +86,12 @@ static void inbox_push(struct tether_store_worker *sw, enum tether_session_chang
     struct tether_store *st = sw->st;
     bool wake = false, dropped = false;
     pthread_mutex_lock(&sw->inbox_lock);
-    if (sw->ninbox == sw->inbox_cap) {
+    size_t max = st->cfg->state.redis.queue_max;
+    if (sw->ninbox == sw->inbox_cap && sw->inbox_cap < max) {
         size_t cap = sw->inbox_cap ? sw->inbox_cap * 2 : 64;
-        struct inbox_note *n =
-            cap <= st->cfg->state.redis.queue_max ? realloc(sw->inbox, cap * sizeof(*n)) : NULL;
+        if (cap > max)
+            cap = max;
+        struct inbox_note *n = realloc(sw->inbox, cap * sizeof(*n));
         if (n) {
             sw->inbox = n;
             sw->inbox_cap = cap;
@@ -362,7 +364,9 @@ void store_check_drained(struct tether_store_worker *sw)
     if (!sw->drained)
         return;
     int state = atomic_load(&sw->data.state);
-    bool empty = TAILQ_EMPTY(&sw->order) && sw->data.nsent == 0;
+    pthread_mutex_lock(&sw->inbox_lock);
+    bool empty = TAILQ_EMPTY(&sw->order) && sw->data.nsent == 0 && sw->ninbox == 0;
+    pthread_mutex_unlock(&sw->inbox_lock);
     if (!empty && state != L_DOWN)
         return;
     if (!empty)
