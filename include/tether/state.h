@@ -63,8 +63,8 @@ struct tether_store *tether_store_new(struct tether_proxy *proxy);
 void tether_store_free(struct tether_store *st);
 
 /*
- * The store's part of worker id, on base (borrowed): it connects once base
- * runs. Returns NULL on allocation failure. Thread: main, before the
+ * The store's part of worker id, on base (borrowed); it starts connecting
+ * at once. Returns NULL on allocation failure. Thread: main, before the
  * worker starts; freed on the main thread after it stopped (accepts NULL).
  */
 struct tether_store_worker *tether_store_worker_new(struct tether_store *st,

@@ -243,7 +243,10 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 struct cmd *link_send(struct link *l, enum cmd_kind kind, int argc, const char **argv,
                       const size_t *argvlen)
 {
-    if (!l->ac || (kind != CMD_SETUP && atomic_load(&l->state) != L_READY))
+    /* A claim may queue behind a connection's setup (see link_can_wait()). */
+    int state = atomic_load(&l->state);
+    if (!l->ac ||
+        (kind != CMD_SETUP && state != L_READY && !(kind == CMD_CLAIM && state == L_CONNECTING)))
         return NULL;
     struct cmd *c = malloc(sizeof(*c));
     if (!c)
@@ -269,7 +272,14 @@ bool link_can_send(const struct link *l)
 
 bool link_can_wait(const struct link *l)
 {
-    return link_can_send(l) && !atomic_load(&l->stalled);
+    if (!l->ac || l->nsent >= STORE_WINDOW || atomic_load(&l->stalled))
+        return false;
+    int state = atomic_load(&l->state);
+    /* A connection on its way (tetherd just started, or Redis just came
+       back) is worth the wait while it is younger than claim_timeout. */
+    return state == L_READY ||
+           (state == L_CONNECTING &&
+            tether_now_ms() - l->started_ms < l->sw->st->cfg->state.redis.claim_timeout_ms);
 }
 
 void link_done(struct cmd *c)

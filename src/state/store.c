@@ -257,13 +257,10 @@ void tether_store_add_reserved(const struct tether_store *st, uint32_t *loads, s
 
 /* ---- a worker's part ---- */
 
+/* First thing on the worker's thread: changes made there go straight to its queue. */
 static void on_start(evutil_socket_t fd, short what, void *arg)
 {
-    struct tether_store_worker *sw = arg;
-    store_current = sw;
-    link_start(&sw->data);
-    if (sw->sub)
-        link_start(sw->sub);
+    store_current = arg;
 }
 
 struct tether_store_worker *tether_store_worker_new(struct tether_store *st,
@@ -303,6 +300,12 @@ struct tether_store_worker *tether_store_worker_new(struct tether_store *st,
         goto fail;
     if ((size_t)id < st->nworkers)
         st->workers[id] = sw;
+    /* Connecting now, before the worker accepts anything, lets the first
+       requests' claims wait for the connection rather than skip Redis.
+       The worker's thread does not run yet: its base is ours until then. */
+    link_start(&sw->data);
+    if (sw->sub)
+        link_start(sw->sub);
     return sw;
 fail:
     tether_store_worker_free(sw);
