@@ -52,8 +52,8 @@ const char store_lua_claim[] =
  * 7 requests, 8 provisional, 9 handoff, 10 moved_from, 11 has_state,
  * 12 state, 13 create ("1": store it when absent, else answer {3}),
  * 14 channel, 15 origin, 16 the session key, 17 TTL of a provisional record.
- * Returns {1} written (same binding, or stored anew), {2} moved (from the
- * base epoch; published), {3} absent, {0, HGETALL} when Redis holds
+ * Returns {1} written (same binding, or stored anew), {2, state} moved
+ * (from the base epoch; published, with the state Redis now holds), {3} absent, {0, HGETALL} when Redis holds
  * another binding (the caller adopts it). A record live in Redis stays
  * live.
  */
@@ -86,7 +86,7 @@ const char store_lua_sync[] =
     "  local st = redis.call('HGET', k, 'state') or ''\n"
     "  redis.call('PUBLISH', ARGV[14], table.concat({ARGV[15], ARGV[16], ARGV[3], ARGV[4],\n"
     "    ARGV[10], ARGV[9], st}, '\\n'))\n"
-    "  return {2}\n"
+    "  return {2, st}\n"
     "end\n"
     "return {0, redis.call('HGETALL', k)}\n";
 

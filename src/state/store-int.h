@@ -146,6 +146,8 @@ struct cmd {
     uint64_t sent_ms;
     struct claim *claim;  /* CMD_CLAIM */
     struct dirty w;       /* CMD_SYNC, CMD_END: what to requeue if it is lost */
+    uint32_t backend;     /* CMD_SYNC: the binding written */
+    uint32_t epoch;
 };
 
 /* ---- the store and its workers ---- */

@@ -224,6 +224,8 @@ static int send_sync(struct tether_store_worker *sw, const struct dirty *d)
     struct cmd *c = link_send(&sw->data, CMD_SYNC, 21, argv, lens);
     if (!c)
         return -1;
+    c->backend = in.backend;
+    c->epoch = in.epoch;
     c->w = *d;
     c->w.node.key = c->w.key;
     c->w.flags = d->flags & ~(unsigned)D_END;
@@ -269,8 +271,16 @@ void write_on_reply(struct cmd *c, redisReply *r)
         return;
     }
     switch (r->element[0]->integer) {
-    case 1:
     case 2:
+        /* A move made here without a state of its own to write: the state
+           Redis holds is the latest any tetherd saw (ours was written), and
+           is what the new home should get from here on. */
+        if (!(c->w.flags & D_STATE) && r->elements >= 2 &&
+            r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len)
+            tether_session_set_state(st->table, c->w.key, c->w.node.len, c->w.node.hash, c->backend,
+                                     c->epoch, r->element[1]->str, r->element[1]->len);
+        /* fall through */
+    case 1:
         atomic_fetch_add(&st->writes, 1);
         break;
     case 3: /* Redis lost it (expired, restarted): write it whole */
