@@ -44,9 +44,9 @@ static void finish(struct claim *cl)
     if (cl->reserved)
         atomic_fetch_sub(&sw->st->reserved[cl->proposal], 1);
     cl->reserved = false;
-    if (cl->timer)
-        event_free(cl->timer);
-    cl->timer = NULL;
+    if (cl->timed)
+        evtimer_del(&cl->timer);
+    cl->timed = false;
     struct tether_store_waiter *w;
     while ((w = TAILQ_FIRST(&cl->waiters))) {
         TAILQ_REMOVE(&cl->waiters, w, link);
@@ -161,11 +161,8 @@ int tether_store_claim(struct tether_store_worker *sw, const char *key, size_t l
         lens[i] = i == 3 ? rlen : i == 15 ? (size_t)(state > 0 ? state : 0) : strlen(argv[i]);
     struct cmd *c = link_send(&sw->data, CMD_CLAIM, 17, argv, lens);
     struct timeval tv = tether_timeval_ms(st->cfg->state.redis.claim_timeout_ms);
-    if (!c || !(cl->timer = evtimer_new(sw->base, on_timeout, cl)) ||
-        evtimer_add(cl->timer, &tv) < 0) {
-        if (cl->timer)
-            event_free(cl->timer);
-        cl->timer = NULL;
+    evtimer_assign(&cl->timer, sw->base, on_timeout, cl);
+    if (!c || evtimer_add(&cl->timer, &tv) < 0) {
         if (c) {
             /* Sent: its answer still reconciles, but nobody waits for it. */
             c->claim = cl;
@@ -178,6 +175,7 @@ int tether_store_claim(struct tether_store_worker *sw, const char *key, size_t l
     }
     c->claim = cl;
     cl->sent = true;
+    cl->timed = true;
     if (!stale) {
         atomic_fetch_add(&st->reserved[cl->proposal], 1);
         cl->reserved = true;

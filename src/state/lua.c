@@ -37,7 +37,7 @@ const char store_lua_claim[] =
     "  redis.call('PEXPIRE', k, ARGV[1])\n"
     "  return {0, redis.call('HGETALL', k)}\n"
     "end\n"
-    "redis.call('DEL', k)\n"
+    "if cur[1] or cur[2] or cur[3] then redis.call('DEL', k) end\n"
     "redis.call('HSET', k, 'backend', ARGV[3], 'epoch', ARGV[4], 'created', ARGV[5],\n"
     "  'last_seen', ARGV[6], 'requests', ARGV[7], 'provisional', ARGV[8],\n"
     "  'handoff', ARGV[9], 'moved_from', ARGV[10])\n"

@@ -20,6 +20,7 @@
 #include <sys/queue.h>
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <hiredis/async.h>
 
 #include "tether/config.h"
@@ -124,7 +125,8 @@ struct inbox_note {
 struct claim {
     struct keynode node;
     struct tether_store_worker *sw;
-    struct event *timer;
+    struct event timer; /* claim_timeout, pending while timed */
+    bool timed;
     TAILQ_HEAD(, tether_store_waiter) waiters;
     struct tether_session_info mine; /* what the claim stores if Redis holds nothing */
     int proposal;     /* the backend proposed (reserved while waiting) */
