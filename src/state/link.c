@@ -223,11 +223,12 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     }
     struct cmd *head = TAILQ_FIRST(&l->sent);
     uint64_t age = head ? now - head->sent_ms : 0;
-    if (age >= STORE_REPLY_TIMEOUT_MS) {
-        drop(l, "no reply within 5s");
+    uint64_t claim_ms = sw->st->cfg->state.redis.claim_timeout_ms;
+    if (age >= STORE_REPLY_TIMEOUT_MS && age >= 2 * claim_ms) {
+        drop(l, "no reply in time");
         return;
     }
-    bool slow = state == L_READY && age >= sw->st->cfg->state.redis.claim_timeout_ms;
+    bool slow = state == L_READY && age >= claim_ms;
     if (slow != atomic_load(&l->stalled)) {
         atomic_store(&l->stalled, slow);
         if (slow && store_log_limited(sw, LIM_STALL))

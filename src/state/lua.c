@@ -53,9 +53,9 @@ const char store_lua_claim[] =
  * 12 state, 13 create ("1": store it when absent, else answer {3}),
  * 14 channel, 15 origin, 16 the session key, 17 TTL of a provisional record.
  * Returns {1} written (same binding, or stored anew), {2, state} moved
- * (from the base epoch; published, with the state Redis now holds), {3} absent, {0, HGETALL} when Redis holds
- * another binding (the caller adopts it). A record live in Redis stays
- * live.
+ * (from the base epoch; published, with the state Redis now holds),
+ * {3} absent, {0, HGETALL} when Redis holds another binding (the caller
+ * adopts it). A record live in Redis stays live.
  */
 const char store_lua_sync[] =
     "local k = KEYS[1]\n"

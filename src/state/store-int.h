@@ -36,7 +36,8 @@ struct redisReply;
 #define STORE_WINDOW 1024
 /* A connection (and its AUTH and script loads) must be ready within this. */
 #define STORE_CONNECT_TIMEOUT_MS 2000
-/* A connection whose oldest command is unanswered for this long is dropped. */
+/* A connection whose oldest command is unanswered for this long (or for
+   twice claim_timeout, if longer) is dropped. */
 #define STORE_REPLY_TIMEOUT_MS 5000
 #define STORE_BACKOFF_MIN_MS 100
 #define STORE_BACKOFF_MAX_MS 5000

@@ -216,7 +216,8 @@ struct tether_store *tether_store_new(struct tether_proxy *proxy)
     st->touch_ms = touch > 60000 ? 60000 : touch < 10 ? 10 : touch;
     st->nworkers = cfg->workers;
     st->workers = calloc(st->nworkers, sizeof(*st->workers));
-    st->nreserved = proxy->nbackends;
+    /* Every slot a table can load: backends added at run time count too. */
+    st->nreserved = TETHER_SESSION_MAX_BACKENDS;
     st->reserved = calloc(st->nreserved, sizeof(*st->reserved));
     if (!st->workers || !st->reserved)
         goto nomem;
