@@ -186,7 +186,6 @@ int tether_store_claim(struct tether_store_worker *sw, const char *key, size_t l
     return 1;
 }
 
-/* A write of ours found this record in Redis: the move that takes it over. */
 int claim_adopt_fields(struct tether_store_worker *sw, const char *key, size_t len, uint64_t hash,
                        const redisReply *fields)
 {
