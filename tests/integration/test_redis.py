@@ -118,6 +118,32 @@ class RedisStore(it.TetherTestCase):
             self.assertEqual(inst, home[k], k)
             self.assertEqual(count, 4, k)  # the instance's counter goes on
 
+    def test_stop_flushes_what_is_queued(self):
+        t = self.start(shutdown_timeout="20s")
+        c = self.conn()
+        old = ["st-%s-old%02d" % (self.tag, i) for i in range(10)]
+        new = ["st-%s-new%02d" % (self.tag, i) for i in range(20)]
+        for k in old:
+            self.served(self.keyed(t.port, k, c), k)
+        it.wait_until(lambda: all(self.record(k).get("backend") for k in old), 5,
+                      what="the first sessions in Redis")
+        self.redis.signal(signal.SIGSTOP)
+        try:
+            home = {k: self.served(self.keyed(t.port, k, c), k)[0] for k in new}
+            for k in old:
+                self.assertEqual(self.served(self.keyed(t.port, k, c), k)[1], 2)
+            c.close()
+            t.signal(signal.SIGTERM)
+            # Redis does not answer: tetherd waits for it (within shutdown_timeout)
+            self.assertIsNone(t.wait(1.0), "tetherd exited before its writes were acknowledged")
+        finally:
+            self.redis.signal(signal.SIGCONT)
+        self.assertEqual(t.wait(10), 0, t.stderr_text())
+        for k in new:
+            self.assertEqual(self.record(k).get("backend"), home[k], k)
+        for k in old:
+            self.assertEqual(self.record(k).get("state"), "Y291bnQ9Mg==", k)  # count=2
+
     # ------------------------------------------------------------ two tetherd
 
     def test_two_tetherd_agree_and_follow_moves(self):
