@@ -199,6 +199,7 @@ struct tether_store {
     _Atomic uint32_t *reserved; /* per backend: claims in flight proposing it */
     size_t nreserved;
     _Atomic bool closing;
+    bool ran;                   /* a worker was made: tell the counters at the end */
 
     _Atomic uint64_t queue;     /* dirty keys, all workers */
     _Atomic uint64_t claims, claim_timeouts, reconciles, write_errors, reconnects, dropped;

@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -236,6 +237,16 @@ void tether_store_free(struct tether_store *st)
 {
     if (!st)
         return;
+    if (st->ran) {
+        struct tether_store_status s;
+        tether_store_status(st, &s);
+        tether_log_info("redis: claims %" PRIu64 " (%" PRIu64
+                        " past claim_timeout), reconciles %" PRIu64 ", writes %" PRIu64
+                        ", error replies %" PRIu64 ", reconnects %" PRIu64
+                        ", changes dropped %" PRIu64 ", moves applied %" PRIu64,
+                        s.claims, s.claim_timeouts, s.reconciles, s.writes, s.write_errors,
+                        s.reconnects, s.dropped, s.moves_applied);
+    }
     if (st->table)
         tether_session_table_watch(st->table, NULL, NULL, 0);
     if (st->password) {
@@ -301,6 +312,7 @@ struct tether_store_worker *tether_store_worker_new(struct tether_store *st,
         goto fail;
     if ((size_t)id < st->nworkers)
         st->workers[id] = sw;
+    st->ran = true;
     /* Connecting now, before the worker accepts anything, lets the first
        requests' claims wait for the connection rather than skip Redis.
        The worker's thread does not run yet: its base is ours until then. */

@@ -7,6 +7,7 @@ Redis that answers errors is treated as down."""
 
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -343,6 +344,16 @@ class RedisStore(it.TetherTestCase):
         # What was written while Redis was stopped or away is in it now: every
         # session created or used since it came back, as this tetherd has it.
         self.stop(t)
+        m = re.search(r"redis: claims (\d+) \((\d+) past claim_timeout\), reconciles \d+, "
+                      r"writes (\d+), error replies (\d+), reconnects (\d+)", t.stderr_text())
+        self.assertTrue(m, "no counters at stop")
+        claims, late, writes, errors, reconnects = map(int, m.groups())
+        self.assertGreater(claims, 100)
+        self.assertGreater(late, 0)  # the first claims while Redis was stopped
+        self.assertLess(late, claims / 4)  # ... but not every one: no waiting on a stalled Redis
+        self.assertGreater(writes, 100)
+        self.assertEqual(errors, 0)
+        self.assertGreaterEqual(reconnects, 3)  # two workers and the subscriber
         since = [k for k, p in made.items() if p in ("killed", "restarted", "after")]
         since += recurring
         missing = []
@@ -367,11 +378,15 @@ class RedisStore(it.TetherTestCase):
         self.assertEqual(len(homes), 1)
         self.wait_logged(t, "WRONGTYPE")
         self.assertIn("treated as Redis being down", t.stderr_text())
+        self.assertEqual(self.served(self.keyed(t.port, bad, c), bad), (homes.pop(), 4))
         self.assertEqual(self.redis.call("GET", PREFIX + "s:" + bad), "not a hash")
         # the other keys are not affected
         good = "err-%s-good" % self.tag
         self.served(self.keyed(t.port, good, c), good)
         it.wait_until(lambda: self.record(good).get("backend"), 5, what="a good key written")
+        self.stop(t)
+        m = re.search(r"error replies (\d+)", t.stderr_text())
+        self.assertTrue(m and int(m.group(1)) >= 2, "claim and write refused: %r" % (m and m.group(0)))
 
     def test_unknown_backend_is_placed_here(self):
         key = "unk-%s" % self.tag
