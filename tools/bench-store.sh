@@ -112,15 +112,32 @@ function done(summary, latency, requests)
 end
 LUA
 
+# The harness' ports are shared by everyone on the machine: wait (PORT_WAIT seconds at most)
+# for them to be free before each run, and run once more a run that found them taken.
+ports_free() { ! ss -Hltn | awk '{print $4}' | grep -qE ':(8080|8443|900[1-4]|9443)$'; }
+wait_ports() {
+    local waited
+    for ((waited = 0; waited < ${PORT_WAIT:-300}; waited += 5)); do
+        ports_free && return 0
+        ((waited == 0)) && echo "# the harness' ports are in use: waiting up to ${PORT_WAIT:-300}s"
+        sleep 5
+    done
+    return 1
+}
+
 echo "# bench-store TAG=$TAG REPS=$REPS LOADS=[$LOADS] DURATION=$DURATION WARMUP=$WARMUP"
 for ((rep = 1; rep <= REPS; rep++)); do
     for load in $LOADS; do
         dir=$bench
         [[ $load == fresh ]] && dir=$work/fresh
         for store in memory redis; do
-            BENCH_DIR=$dir NAME=tether-$store TAG=$TAG-$load "$dir/run.sh" custom http "$DURATION" \
-                -- "$self" --serve "$build/tetherd" "$store" ||
-                echo "# run failed: rep=$rep load=$load store=$store"
+            for try in 1 2; do
+                wait_ports || { echo "# the harness' ports stayed in use: giving up"; exit 1; }
+                BENCH_DIR=$dir NAME=tether-$store TAG=$TAG-$load "$dir/run.sh" custom http \
+                    "$DURATION" -- "$self" --serve "$build/tetherd" "$store" && break
+                echo "# run failed: rep=$rep load=$load store=$store try=$try"
+                sleep 2
+            done
             sleep 2
         done
     done
