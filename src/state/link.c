@@ -307,10 +307,16 @@ void link_done(struct cmd *c)
     }
 }
 
-void link_reply_error(struct link *l, const redisReply *r, const char *what)
+bool link_reply_error(struct link *l, const redisReply *r, const char *what)
 {
     struct tether_store_worker *sw = l->sw;
     struct tether_store *st = sw->st;
+    if (r && r->str && r->len >= 8 && memcmp(r->str, "NOSCRIPT", 8) == 0) {
+        /* The scripts went (SCRIPT FLUSH): a new connection loads them again. */
+        if (l->ac)
+            drop(l, "Redis no longer has tether's scripts");
+        return true;
+    }
     atomic_fetch_add(&st->write_errors, 1);
     store_set_error(st, "%s: %.*s", what, (int)(r && r->str ? r->len : 0),
                     r && r->str ? r->str : "");
@@ -319,6 +325,7 @@ void link_reply_error(struct link *l, const redisReply *r, const char *what)
                         "served from the local table",
                         st->host, st->port, what, (int)(r && r->str ? r->len : 0),
                         r && r->str ? r->str : "");
+    return false;
 }
 
 static void setup_reply(struct cmd *c, redisReply *r)

@@ -230,7 +230,9 @@ struct cmd *link_send(struct link *l, enum cmd_kind kind, int argc, const char *
 void link_done(struct cmd *c);  /* c was answered: off the list, freed */
 bool link_can_wait(const struct link *l);
 bool link_can_send(const struct link *l);
-void link_reply_error(struct link *l, const struct redisReply *r, const char *what);
+/* Count and report an error reply (r may be NULL for one that is not ours). Returns
+   true when it asks for the command again on a new connection (the scripts were flushed). */
+bool link_reply_error(struct link *l, const struct redisReply *r, const char *what);
 
 /* write.c */
 void write_note(struct tether_store_worker *sw, enum tether_session_change what,

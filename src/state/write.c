@@ -258,7 +258,8 @@ void write_on_reply(struct cmd *c, redisReply *r)
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        link_reply_error(c->l, r, c->kind == CMD_END ? "end" : "write");
+        if (link_reply_error(c->l, r, c->kind == CMD_END ? "end" : "write"))
+            write_requeue(sw, &c->w);
         return;
     }
     if (c->kind == CMD_END) {

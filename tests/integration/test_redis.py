@@ -407,6 +407,22 @@ class RedisStore(it.TetherTestCase):
         self.assertEqual(self.record(key).get("epoch"), "4")
         self.assertEqual(self.served(self.keyed(t.port, key), key), (inst, 9))
 
+    def test_flushed_scripts_are_loaded_again(self):
+        t = self.start()
+        c = self.conn()
+        first = "fl-%s-a" % self.tag
+        self.served(self.keyed(t.port, first, c), first)
+        self.assertEqual(self.redis.call("SCRIPT", "FLUSH"), "OK")
+        keys = ["fl-%s-%d" % (self.tag, i) for i in range(5)]
+        for k in keys:  # the first of them meets NOSCRIPT: served here all the same
+            self.served(self.keyed(t.port, k, c), k)
+        self.wait_logged(t, "no longer has tether's scripts")
+        self.wait_logged(t, "reconnected")
+        later = "fl-%s-b" % self.tag
+        self.served(self.keyed(t.port, later, c), later)
+        for k in keys + [later]:
+            it.wait_until(lambda k=k: self.record(k).get("backend"), 5, what="%s in Redis" % k)
+
     def test_wrong_password_is_treated_as_down(self):
         self.redis.stop()
         self.redis = self.start_redis(password="sesame-%s" % self.tag)
