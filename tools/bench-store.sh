@@ -9,7 +9,9 @@
 # command the harness starts, so its CPU is counted with tetherd's. Prints the median table and
 # the redis/memory ratios.
 #   tools/bench-store.sh [BUILD_DIR]      env: REPS=3 DURATION=6s WARMUP=2s LOADS="recurring fresh"
-#                                              BENCH_DIR=../shared/bench
+#                                              BENCH_DIR=../shared/bench RUN_DIR=/tmp/fc-bench-store
+# The harness' ports (8080, 8443, 9001-9004, 9443) are the machine's: each run waits until they
+# have been free for PORTS_QUIET seconds (20), and a run whose proxy was not ours is run again.
 # Needs Debian's nginx, wrk and redis-server.
 set -euo pipefail
 
@@ -73,7 +75,8 @@ self=$(pwd)/tools/bench-store.sh
 build=$(cd "${1:-build}" && pwd)
 bench=${BENCH_DIR:-$(cd ../shared/bench && pwd)}
 REPS=${REPS:-3} DURATION=${DURATION:-6s} LOADS=${LOADS:-"recurring fresh"}
-export WARMUP=${WARMUP:-2s}
+export WARMUP=${WARMUP:-2s} RUN_DIR=${RUN_DIR:-/tmp/fc-bench-store}
+csv=${RESULTS_DIR:-$RUN_DIR/results}/results.csv
 TAG=${TAG:-store-$(date -u +%Y%m%dT%H%M%SZ)}
 work=$(mktemp -d /tmp/bench-store-XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -112,18 +115,22 @@ function done(summary, latency, requests)
 end
 LUA
 
-# The harness' ports are shared by everyone on the machine: wait (PORT_WAIT seconds at most)
-# for them to be free before each run, and run once more a run that found them taken.
 ports_free() { ! ss -Hltn | awk '{print $4}' | grep -qE ':(8080|8443|900[1-4]|9443)$'; }
-wait_ports() {
-    local waited
-    for ((waited = 0; waited < ${PORT_WAIT:-300}; waited += 5)); do
-        ports_free && return 0
-        ((waited == 0)) && echo "# the harness' ports are in use: waiting up to ${PORT_WAIT:-300}s"
-        sleep 5
+wait_ports() { # until free for PORTS_QUIET seconds in a row, PORT_WAIT seconds at most
+    local waited free=0
+    for ((waited = 0; waited < ${PORT_WAIT:-600}; waited++)); do
+        if ports_free; then
+            ((++free >= ${PORTS_QUIET:-20})) && return 0
+        else
+            ((free == 0 && waited == 0)) && echo "# the harness' ports are in use: waiting"
+            free=0
+        fi
+        sleep 1
     done
     return 1
 }
+# The last run measured our tetherd: it lived through the run (CPU and RSS were counted).
+last_run_ours() { tail -1 "$csv" | awk -F, -v n="$1" '{ exit !($2 == n && $18 + 0 > 0 && $21 + 0 > 0) }'; }
 
 echo "# bench-store TAG=$TAG REPS=$REPS LOADS=[$LOADS] DURATION=$DURATION WARMUP=$WARMUP"
 for ((rep = 1; rep <= REPS; rep++)); do
@@ -131,11 +138,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
         dir=$bench
         [[ $load == fresh ]] && dir=$work/fresh
         for store in memory redis; do
-            for try in 1 2; do
+            for try in 1 2 3; do
                 wait_ports || { echo "# the harness' ports stayed in use: giving up"; exit 1; }
                 BENCH_DIR=$dir NAME=tether-$store TAG=$TAG-$load "$dir/run.sh" custom http \
-                    "$DURATION" -- "$self" --serve "$build/tetherd" "$store" && break
-                echo "# run failed: rep=$rep load=$load store=$store try=$try"
+                    "$DURATION" -- "$self" --serve "$build/tetherd" "$store" &&
+                    last_run_ours "tether-$store" && break
+                echo "# run failed or measured another proxy: rep=$rep load=$load store=$store"
                 sleep 2
             done
             sleep 2
@@ -143,11 +151,12 @@ for ((rep = 1; rep <= REPS; rep++)); do
     done
 done
 
-csv=${RESULTS_DIR:-${RUN_DIR:-/tmp/fc-bench}/results}/results.csv
 python3 - "$csv" "$TAG" "$LOADS" <<'PY'
 import csv, statistics, sys
 path, tag, loads = sys.argv[1], sys.argv[2], sys.argv[3].split()
-rows = [r for r in csv.DictReader(open(path)) if r["tag"].startswith(tag + "-")]
+# A run whose proxy died (another one answered on its port) counted no CPU: left out.
+rows = [r for r in csv.DictReader(open(path)) if r["tag"].startswith(tag + "-")
+        and float(r["proxy_cpu_s"] or 0) > 0 and float(r["proxy_peak_rss_kb"] or 0) > 0]
 def med(name, load, field):
     v = [float(r[field]) for r in rows
          if r["target"] == name and r["tag"] == tag + "-" + load and r[field]]
