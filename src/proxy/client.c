@@ -465,7 +465,8 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
 /* The claim a request waited for has ended: route it again, from its head. */
 void conn_resume_request(struct conn *c)
 {
-    parse_next(c);
+    if (c->state == C_ACTIVE && !c->up)
+        parse_next(c);
 }
 
 static void parse_next(struct conn *c)
