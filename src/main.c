@@ -36,6 +36,7 @@ struct daemon {
     pthread_mutex_t reload_lock; /* SIGHUP and POST /api/v1/reload */
     uint64_t rotated_ms;         /* last ticket key rotation */
     uint64_t saved_ms;           /* last snapshot */
+    struct tether_store *store;  /* state.store: redis */
 };
 
 /* Backend names by slot ("" for an empty one), for snapshots. */
@@ -52,8 +53,8 @@ static const char **slot_names(struct tether_proxy *p, size_t *n)
 static void snapshot_save(struct daemon *d, bool final)
 {
     const char *path = d->proxy->cfg->state.snapshot;
-    if (!path[0])
-        return;
+    if (!path[0] || d->store)
+        return; /* with the redis store, Redis holds the sessions */
     size_t nnames;
     pthread_mutex_lock(&d->proxy->lock);
     const char **names = slot_names(d->proxy, &nnames);
@@ -278,11 +279,6 @@ int main(int argc, char **argv)
     struct daemon d = {.path = path, .rotated_ms = tether_now_ms(), .saved_ms = tether_now_ms()};
     pthread_mutex_init(&d.reload_lock, NULL);
     int rc = 1;
-    if (cfg->state.store == TETHER_STORE_REDIS) {
-        tether_log_error("state.store: redis is not available in this version; use memory");
-        tether_config_free(cfg);
-        return 1;
-    }
     d.base = event_base_new();
     d.proxy = d.base ? tether_proxy_new(cfg) : NULL;
     if (!d.base)
@@ -290,7 +286,14 @@ int main(int argc, char **argv)
     if (!d.proxy)
         goto out;
     tether_proxy_observe_sessions(d.proxy);
-    if (cfg->state.snapshot[0]) {
+    if (cfg->state.store == TETHER_STORE_REDIS) {
+        /* Before the workers: each connects to Redis on its own loop. */
+        d.store = tether_store_new(d.proxy);
+        if (!d.store)
+            goto out;
+        d.proxy->store = d.store;
+    }
+    if (cfg->state.store == TETHER_STORE_MEMORY && cfg->state.snapshot[0]) {
         size_t nnames;
         const char **names = slot_names(d.proxy, &nnames);
         if (!names)
@@ -367,6 +370,7 @@ out_sigs:
             event_free(sigs[i]);
 out:
     tether_net_free(d.net);
+    tether_store_free(d.store);
     tether_proxy_free(d.proxy);
     if (d.base)
         event_base_free(d.base);

@@ -24,6 +24,7 @@
 struct event_base;
 struct tether_ring;
 struct tether_session_table;
+struct tether_store;
 struct tether_tls_server;
 struct tether_tls_client;
 struct tether_health;
@@ -108,6 +109,7 @@ struct tether_proxy {
     uint32_t *weights;           /* per slot: weight, 0 when the slot is empty */
     _Atomic(struct tether_ring *) ring;
     struct tether_session_table *sessions;
+    struct tether_store *store;  /* borrowed: the redis store; NULL with the memory store */
     _Atomic uint64_t state_dropped; /* state blobs over state_max_bytes */
     _Atomic(struct tether_tls_server **) tls; /* per listen entry of cfg; NULL for plain TCP */
     struct tether_tls_client **tls_backends; /* per slot; NULL for plain TCP */

@@ -17,6 +17,8 @@
 #define TETHER_SESSION_MAX_KEY 256
 /* Backend slots a table tracks loads for (backend indices are < this). */
 #define TETHER_SESSION_MAX_BACKENDS 4096
+/* moved_from of a session a state store moved from a backend not configured here. */
+#define TETHER_SESSION_NOWHERE UINT32_MAX
 
 struct tether_session_table;
 
@@ -39,8 +41,11 @@ struct tether_session_info {
     bool provisional;               /* minted, not yet seen back: no load */
     bool handoff;                   /* moved, and the new backend has not yet
                                        answered a request with a non-5xx */
-    uint32_t moved_from;            /* the backend it last moved from (when handoff) */
+    uint32_t moved_from;            /* the backend it last moved from (when handoff);
+                                       TETHER_SESSION_NOWHERE: one not known here */
     uint32_t state_len;             /* bytes of the stored state blob */
+    bool stale;                     /* marked by tether_session_mark_stale(): the state
+                                       store must confirm it before it is trusted */
 };
 
 struct tether_session_stats {
@@ -83,10 +88,15 @@ void tether_session_loads(const struct tether_session_table *t, uint32_t *out, s
 #define TETHER_SESSION_PROVISIONAL 0x1 /* create as provisional (a minted key) */
 #define TETHER_SESSION_CONFIRM 0x2     /* the key came back from the client: a
                                           provisional record becomes live */
+#define TETHER_SESSION_LOOKUP 0x4      /* a miss places nothing (MISS) and a stale
+                                          record is not taken (STALE): the caller
+                                          asks its state store first */
 
 enum {
     TETHER_SESSION_FOUND = 0,
     TETHER_SESSION_CREATED = 1,
+    TETHER_SESSION_MISS = 2,        /* LOOKUP: no record */
+    TETHER_SESSION_STALE = 3,       /* LOOKUP: a stale record, not taken; *out filled */
     TETHER_SESSION_FULL = -1,       /* a miss and place() found no backend */
     TETHER_SESSION_ENOMEM = -2,
 };
@@ -96,10 +106,11 @@ enum {
  * a hit counts one more request and one more in flight; a miss asks
  * place() for a backend and inserts a record (live unless flags has
  * PROVISIONAL), with one in flight. A hit on a record past its idle or
- * lifetime (and idle) is treated as a miss. Every successful call must be
- * matched by tether_session_release(). Fills *out on success.
- * Returns FOUND, CREATED, FULL or ENOMEM. Locks: the key's shard, and the
- * placement lock on a miss.
+ * lifetime (and idle) is treated as a miss. With LOOKUP, a miss answers
+ * MISS and a stale hit STALE, and neither takes anything. Every FOUND or
+ * CREATED must be matched by tether_session_release(). Fills *out then.
+ * Returns FOUND, CREATED, MISS, STALE, FULL or ENOMEM. Locks: the key's
+ * shard, and the placement lock on a miss.
  */
 int tether_session_acquire(struct tether_session_table *t, const char *key, size_t len,
                            uint64_t hash, uint64_t now_ms, unsigned flags,
@@ -199,6 +210,59 @@ int tether_session_export(struct tether_session_table *t, size_t i,
  */
 int tether_session_import(struct tether_session_table *t, const struct tether_session_view *v,
                           uint64_t hash);
+
+/*
+ * A record as a state store holds it (a claim answered, a peer's move):
+ * v->info gives the binding (backend, epoch, moved_from, handoff), times on
+ * the tether_now_ms() clock, and v->state (NULL: none given).
+ * Absent here: inserted as given (the budget makes room as for a new
+ * session; live records count as load). Present: its stale mark goes, a
+ * provisional record given as live becomes live, and when the binding
+ * differs it takes v's backend and epoch, hands off (from v's moved_from
+ * when v is handing off, which may be TETHER_SESSION_NOWHERE, else from the
+ * backend it leaves; a provisional record hands nothing off) and takes v's
+ * state when v has one.
+ * The watcher is not told: the store already holds it. Returns 0 (binding
+ * unchanged), 1 (rebound), 2 (inserted), -EINVAL, -ENOMEM.
+ * Lock: shard, placement.
+ */
+int tether_session_adopt(struct tether_session_table *t, const struct tether_session_view *v,
+                         uint64_t hash, uint64_t now_ms);
+
+/*
+ * Mark every record stale (a state store may have missed changes made
+ * elsewhere, e.g. while it was disconnected): acquire with LOOKUP answers
+ * STALE for them until tether_session_adopt() confirms them. Returns how
+ * many were marked. Lock: each shard in turn.
+ */
+size_t tether_session_mark_stale(struct tether_session_table *t);
+
+/*
+ * Changes as the table's watcher (a state store) sees them, told under the
+ * record's shard lock (the watcher must not call into the table):
+ *   CREATE  inserted by acquire or bind;
+ *   UPDATE  used (at most once per touch_ms per record), confirmed, or its
+ *           handoff completed;
+ *   STATE   a new state blob;
+ *   MOVE    a new backend at epoch + 1 (info->epoch - 1 is the one it left);
+ *   END     ended (info: the binding it had).
+ * Expiry, eviction, import and adopt are not told.
+ */
+enum tether_session_change {
+    TETHER_SESSION_NOTE_CREATE = 1,
+    TETHER_SESSION_NOTE_UPDATE = 2,
+    TETHER_SESSION_NOTE_STATE = 3,
+    TETHER_SESSION_NOTE_MOVE = 4,
+    TETHER_SESSION_NOTE_END = 5,
+};
+
+typedef void (*tether_session_watch_fn)(void *ctx, enum tether_session_change what,
+                                        const char *key, size_t len, uint64_t hash,
+                                        const struct tether_session_info *info);
+
+/* Set the table's one watcher (fn NULL: none). Before any other thread uses the table. */
+void tether_session_table_watch(struct tether_session_table *t, tether_session_watch_fn fn,
+                                void *ctx, uint64_t touch_ms);
 
 /* Read one session. Returns 0 and fills *out, or -ENOENT. Lock: shard. */
 int tether_session_get(struct tether_session_table *t, const char *key, size_t len,

@@ -18,6 +18,7 @@
 #include "tether/lb.h"
 #include "tether/proxy.h"
 #include "tether/session.h"
+#include "tether/state.h"
 #include "tether/util.h"
 #include "server-int.h"
 
@@ -193,6 +194,8 @@ static void get_status(struct tether_proxy *p, struct evhttp_request *req)
 {
     struct tether_session_stats st;
     tether_session_stats(p->sessions, &st);
+    struct tether_store_status ss;
+    tether_store_status(p->store, &ss);
     size_t n = atomic_load(&p->nbackends), total = 0, up = 0;
     for (size_t i = 0; i < n; i++) {
         if (!atomic_load(&p->backends[i].present))
@@ -201,10 +204,25 @@ static void get_status(struct tether_proxy *p, struct evhttp_request *req)
         up += tether_backend_serves(&p->backends[i]);
     }
     const struct tether_config *cfg = atomic_load(&p->cfg);
+    json_t *store = json_pack("{s:s,s:b,s:s,s:I,s:I}", "kind",
+                              ss.kind == TETHER_STORE_REDIS ? "redis" : "memory", "healthy",
+                              ss.healthy, "detail", ss.detail, "queue", (json_int_t)ss.queue,
+                              "queue_max", (json_int_t)ss.queue_max);
+    if (ss.kind == TETHER_STORE_REDIS)
+        json_object_update_new(
+            store, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "claims",
+                             (json_int_t)ss.claims, "claim_timeouts",
+                             (json_int_t)ss.claim_timeouts, "reconciles",
+                             (json_int_t)ss.reconciles, "write_errors",
+                             (json_int_t)ss.write_errors, "reconnects",
+                             (json_int_t)ss.reconnects, "dropped", (json_int_t)ss.dropped,
+                             "writes", (json_int_t)ss.writes, "moves_applied",
+                             (json_int_t)ss.moves_applied, "unknown_backends",
+                             (json_int_t)ss.unknown_backends));
     admin_reply_json(
         req, 200,
         json_pack("{s:s,s:I,s:i,s:i,s:I,s:{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I},"
-                  "s:{s:s,s:b,s:s,s:i},s:{s:i,s:i}}",
+                  "s:o,s:{s:i,s:i}}",
                   "version", TETHER_VERSION_STRING, "uptime_s",
                   (json_int_t)((tether_wall_ms() - p->started_ms) / 1000), "pid", (int)getpid(),
                   "workers", (int)cfg->workers, "connections",
@@ -213,9 +231,7 @@ static void get_status(struct tether_proxy *p, struct evhttp_request *req)
                   (json_int_t)st.created, "expired", (json_int_t)st.expired, "evicted",
                   (json_int_t)st.evicted, "ended", (json_int_t)st.ended, "moved",
                   (json_int_t)st.moved, "state_bytes", (json_int_t)st.state_bytes, "store",
-                  "kind", cfg->state.store == TETHER_STORE_REDIS ? "redis" : "memory", "healthy",
-                  1, "detail", cfg->state.snapshot[0] ? "memory, with snapshots" : "memory",
-                  "queue", 0, "backends", "total", (int)total, "up", (int)up));
+                  store, "backends", "total", (int)total, "up", (int)up));
 }
 
 static void get_backends(struct tether_proxy *p, struct evhttp_request *req)

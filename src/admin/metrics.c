@@ -14,6 +14,7 @@
 
 #include "tether/proxy.h"
 #include "tether/session.h"
+#include "tether/state.h"
 #include "tether/util.h"
 #include "server-int.h"
 
@@ -48,7 +49,6 @@ void admin_metrics(struct tether_proxy *p, struct evhttp_request *req)
         return;
     }
     size_t n = atomic_load(&p->nbackends);
-    const struct tether_config *cfg = atomic_load(&p->cfg);
 
     head(b, "tether_build_info", "gauge", "Version of the running tetherd.");
     evbuffer_add_printf(b, "tether_build_info{version=\"%s\"} 1\n", TETHER_VERSION_STRING);
@@ -174,10 +174,24 @@ void admin_metrics(struct tether_proxy *p, struct evhttp_request *req)
     evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"resumed\"} %llu\n", resumed);
     evbuffer_add_printf(b, "tether_tls_handshakes_total{result=\"failed\"} %llu\n",
                         SUM(p, tls_handshake_failures));
-    head(b, "tether_store_healthy", "gauge", "1 when the state store is reachable.");
-    evbuffer_add_printf(b, "tether_store_healthy{store=\"%s\"} 1\n",
-                        cfg->state.store == TETHER_STORE_REDIS ? "redis" : "memory");
-    one(b, "tether_store_queue_length", "gauge", "Writes waiting for the state store.", 0);
+    struct tether_store_status ss;
+    tether_store_status(p->store, &ss);
+    const char *kind = ss.kind == TETHER_STORE_REDIS ? "redis" : "memory";
+    head(b, "tether_store_healthy", "gauge", "1 when the state store is reachable and answering.");
+    evbuffer_add_printf(b, "tether_store_healthy{store=\"%s\"} %d\n", kind, ss.healthy ? 1 : 0);
+    one(b, "tether_store_queue_length", "gauge", "Writes waiting for the state store.", ss.queue);
+    one(b, "tether_store_claims_total", "counter", "New keys asked of the store before placing.",
+        ss.claims);
+    one(b, "tether_store_claim_timeouts_total", "counter",
+        "Claims not answered within claim_timeout: placed locally.", ss.claim_timeouts);
+    one(b, "tether_store_reconciles_total", "counter",
+        "Local bindings that gave way to the one the store holds.", ss.reconciles);
+    one(b, "tether_store_errors_total", "counter", "Error replies from the store.",
+        ss.write_errors);
+    one(b, "tether_store_reconnects_total", "counter", "Connections to the store lost.",
+        ss.reconnects);
+    one(b, "tether_store_dropped_total", "counter", "Changes not written: the queue was full.",
+        ss.dropped);
     one(b, "tether_admin_requests_total", "counter", "Requests to the admin API.",
         LOAD(p->admin_requests));
 

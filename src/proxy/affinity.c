@@ -4,9 +4,12 @@
  * table (placing new sessions by the bounded-load pick), mint a key when
  * asked, and apply what a response says about its session: a learned key,
  * a session end, a state blob. Response effects are fenced by the
- * (backend, epoch) the request was sent with.
+ * (backend, epoch) the request was sent with. With the redis store, a key
+ * the table does not hold (or holds stale) is first claimed in Redis: the
+ * request waits, at most claim_timeout, for the binding tetherd agree on.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 
 #include "tether/lb.h"
 #include "tether/session.h"
+#include "tether/state.h"
 #include "tether/util.h"
 #include "proxy-int.h"
 
@@ -138,6 +142,8 @@ int tether_placer_place(void *ctx, uint64_t hash, int prefer)
     struct tether_proxy *p = pl->proxy;
     size_t n = atomic_load_explicit(&p->nbackends, memory_order_acquire);
     tether_session_loads(p->sessions, pl->loads, n);
+    if (p->store)
+        tether_store_add_reserved(p->store, pl->loads, n);
     for (size_t i = 0; i < n; i++) {
         const struct tether_backend *b = &p->backends[i];
         struct tether_lb_candidate *cd = &pl->cands[i];
@@ -174,6 +180,30 @@ static void mint(struct conn *c)
         c->key[2 * i + 1] = hex[raw[i] & 15];
     }
     c->key_len = 2 * sizeof(raw);
+}
+
+/* A placement preferring the backend a claim proposed (its answer came too late). */
+struct preferring {
+    struct tether_placer *pl;
+    int prefer;
+};
+
+static int place_preferring(void *ctx, uint64_t hash, int prefer)
+{
+    struct preferring *p = ctx;
+    return tether_placer_place(p->pl, hash, prefer >= 0 ? prefer : p->prefer);
+}
+
+static void on_claimed(struct tether_store_waiter *wt)
+{
+    struct conn *c = (struct conn *)((char *)wt - offsetof(struct conn, waiter));
+    c->claimed = true;
+    conn_resume_request(c);
+}
+
+void affinity_cancel(struct conn *c)
+{
+    tether_store_cancel(&c->waiter);
 }
 
 int affinity_route(struct conn *c, const struct tether_http_request *req, const char **why)
@@ -223,8 +253,22 @@ int affinity_route(struct conn *c, const struct tether_http_request *req, const 
     c->has_key = true;
     c->key_hash = tether_ring_hash(c->key, c->key_len);
     struct tether_session_info info;
+    /* A minted key is new everywhere: only keys from clients are asked for. */
+    bool ask = w->store && !c->claimed && !c->minted;
+    struct preferring pref = {w->placer, c->claimed ? c->waiter.proposal : -1};
+    c->claimed = false;
     int rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash, tether_now_ms(),
-                                    flags, tether_placer_place, w->placer, &info);
+                                    flags | (ask ? TETHER_SESSION_LOOKUP : 0u), place_preferring,
+                                    &pref, &info);
+    if (rc == TETHER_SESSION_MISS || rc == TETHER_SESSION_STALE) {
+        c->waiter.done = on_claimed;
+        if (tether_store_claim(w->store, c->key, c->key_len, c->key_hash,
+                               rc == TETHER_SESSION_STALE ? &info : NULL, &c->waiter))
+            return AFFINITY_WAIT;
+        /* Redis cannot answer now: the local table decides. */
+        rc = tether_session_acquire(p->sessions, c->key, c->key_len, c->key_hash, tether_now_ms(),
+                                    flags, place_preferring, &pref, &info);
+    }
     if (rc == TETHER_SESSION_FULL) {
         *why = "every backend is at capacity";
         return -503;
@@ -297,9 +341,12 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
         evbuffer_add_printf(out, "x-fc-session-id: %.*s\r\nx-fc-session-epoch: %u\r\n",
                             (int)c->key_len, c->key, c->epoch);
         if (c->handoff) {
-            /* Until the new home has answered one request without a 5xx. */
-            evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
-                                p->backends[c->moved_from].name);
+            /* Until the new home has answered one request without a 5xx.
+               A backend not configured here (the redis store knew it by
+               name only) goes unnamed; the state still goes along. */
+            if (c->moved_from < p->nbackends)
+                evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
+                                    p->backends[c->moved_from].name);
             /* Copied straight into the output: no buffer of its own. */
             /* The stored blob may be larger than a lowered limit allows now. */
             size_t max = c->w->cfg->session.state_max_bytes;

@@ -64,7 +64,11 @@ static void maybe_drained(struct tether_proxy_worker *w)
     if (w->stopping && w->nconns == 0 && w->drained) {
         void (*done)(void *) = w->drained;
         w->drained = NULL;
-        done(w->drained_arg);
+        /* The last requests' changes reach the store before the worker ends. */
+        if (w->store)
+            tether_store_drain(w->store, done, w->drained_arg);
+        else
+            done(w->drained_arg);
     }
 }
 
@@ -87,6 +91,7 @@ static void conn_free(struct conn *c)
     if (c->up)
         upstream_release(c->up, false);
     request_end(c);
+    affinity_cancel(c);
     disarm(c);
     if (c->bev)
         tether_stream_free(c->bev);
@@ -404,7 +409,8 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
 
     disarm(c);
     c->state = C_ACTIVE;
-    c->t_start = tether_now_us();
+    if (!c->claimed) /* a request back from a claim keeps its start */
+        c->t_start = tether_now_us();
     c->t_upstream = c->t_first_byte = 0;
     c->status = 0;
     c->bytes_out = 0;
@@ -450,6 +456,8 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
     }
     const char *why = NULL;
     int b = affinity_route(c, req, &why);
+    if (b == AFFINITY_WAIT)
+        return; /* the head stays in the input until conn_resume_request() */
     if (b < 0) {
         conn_error(c, -b, why);
         return;
@@ -472,6 +480,13 @@ static void start_request(struct conn *c, const struct tether_http_request *req,
         (req->body == TETHER_HTTP_BODY_CHUNKED || req->content_length <= cfg->retry_body_bytes);
     if (upstream_attach(c) < 0)
         conn_error(c, 502, "backend connection failed");
+}
+
+/* The claim a request waited for has ended: route it again, from its head. */
+void conn_resume_request(struct conn *c)
+{
+    if (c->state == C_ACTIVE && !c->up)
+        parse_next(c);
 }
 
 static void parse_next(struct conn *c)
@@ -773,9 +788,11 @@ struct tether_proxy_worker *tether_proxy_worker_new(struct tether_proxy *proxy,
     w->scratch_up = calloc(TETHER_PROXY_MAX_BACKENDS, sizeof(*w->scratch_up));
     w->placer = tether_placer_new(proxy);
     w->sweep = event_new(base, -1, EV_PERSIST, on_sweep, w);
+    if (proxy->store)
+        w->store = tether_store_worker_new(proxy->store, base, id);
     struct timeval second = {1, 0};
     if (!w->loop || !w->pools || !w->scratch_inflight || !w->scratch_up || !w->placer ||
-        !w->sweep || event_add(w->sweep, &second) < 0) {
+        !w->sweep || (proxy->store && !w->store) || event_add(w->sweep, &second) < 0) {
         tether_proxy_worker_free(w);
         return NULL;
     }
@@ -805,6 +822,7 @@ void tether_proxy_worker_free(struct tether_proxy_worker *w)
     free(w->pools);
     free(w->scratch_inflight);
     free(w->scratch_up);
+    tether_store_worker_free(w->store);
     tether_placer_free(w->placer);
     if (w->sweep)
         event_free(w->sweep);

@@ -21,6 +21,7 @@
 #include "tether/net.h"
 #include "tether/proxy.h"
 #include "tether/session.h"
+#include "tether/state.h"
 #include "tether/tls.h"
 
 /* Bytes queued toward a peer before we stop reading from the other side. */
@@ -36,6 +37,8 @@
 #define TETHER_PROXY_MAX_INTERIM 16
 /* Longest session key (DESIGN.md step 3). */
 #define TETHER_PROXY_MAX_KEY 256
+/* affinity_route(): the request waits for the state store's claim. */
+#define AFFINITY_WAIT (-1)
 
 enum conn_state {
     C_HEAD,      /* waiting for (the rest of) a request head */
@@ -122,6 +125,8 @@ struct conn {
     bool delete_learned;         /* DELETE with the learn header: 2xx/404 ends it */
     bool handoff;                /* moved: send the state and moved-from */
     uint32_t moved_from;
+    struct tether_store_waiter waiter; /* waiting for a claim (its head unparsed) */
+    bool claimed;                /* the claim ended: route without asking again */
 
     /* For the access log. */
     char method[16];
@@ -174,6 +179,7 @@ struct tether_proxy_worker {
     struct pool *pools;          /* one per backend */
     uint32_t *scratch_inflight;  /* per backend, for the least-in-flight pick */
     struct tether_placer *placer; /* for the bounded-load pick */
+    struct tether_store_worker *store; /* redis store: this worker's connection; else NULL */
     struct event *sweep;         /* session expiry for this worker's shards */
     unsigned char *scratch_up;
     bool stopping;
@@ -191,6 +197,7 @@ void conn_start_tunnel(struct conn *c);
 void conn_upstream_failed(struct conn *c, int status, const char *what, bool retryable);
 void conn_retry_elsewhere(struct conn *c, int status, const char *what, bool retryable);
 void conn_on_timer(evutil_socket_t fd, short what, void *arg);
+void conn_resume_request(struct conn *c);
 
 /* upstream.c */
 int upstream_attach(struct conn *c);
@@ -222,6 +229,7 @@ void affinity_release(struct conn *c);
 void affinity_on_response(struct conn *c, int backend, const struct tether_http_response *res);
 int affinity_set_cookie(const struct conn *c, char *buf, size_t cap);
 int affinity_reroute(struct conn *c);
+void affinity_cancel(struct conn *c);
 void affinity_write_headers(struct conn *c, struct evbuffer *out);
 
 #endif

@@ -24,7 +24,8 @@ struct rec {
     uint64_t created_ms;
     uint64_t last_seen_ms;
     uint64_t requests;
-    void *state; /* the handoff blob, owned */
+    uint64_t noted_ms; /* when the watcher was last told of a use */
+    void *state;       /* the handoff blob, owned */
     uint32_t state_len;
     uint32_t backend;
     uint32_t epoch;
@@ -33,6 +34,7 @@ struct rec {
     uint16_t keylen;
     uint8_t provisional;
     uint8_t handoff;
+    uint8_t stale;
     char key[];
 };
 
@@ -60,6 +62,9 @@ struct tether_session_table {
     _Atomic uint64_t count;       /* records in all shards */
     _Atomic uint64_t state_bytes; /* all blobs together */
     _Atomic uint64_t state_refused;
+    tether_session_watch_fn watch; /* set before the table is shared */
+    void *watch_ctx;
+    uint64_t touch_ms;
     _Atomic uint32_t loads[TETHER_SESSION_MAX_BACKENDS];
     tether_session_observer_fn obs; /* set before the table is shared */
     void *obs_ctx;
@@ -291,7 +296,22 @@ static bool due(const struct tether_session_table *t, const struct rec *r, uint6
     return r->last_seen_ms + idle <= now || r->created_ms + t->lim.max_lifetime_ms <= now;
 }
 
-static void touch(struct shard *sh, struct rec *r, uint64_t now)
+static void fill(const struct rec *r, struct tether_session_info *out);
+
+/* Tell the watcher; the caller holds the record's shard lock. */
+static void note(const struct tether_session_table *t, struct rec *r,
+                 enum tether_session_change what, uint64_t now)
+{
+    if (!t->watch)
+        return;
+    struct tether_session_info info;
+    fill(r, &info);
+    r->noted_ms = now;
+    t->watch(t->watch_ctx, what, r->key, r->keylen, r->hash, &info);
+}
+
+static void touch(const struct tether_session_table *t, struct shard *sh, struct rec *r,
+                  uint64_t now)
 {
     r->last_seen_ms = now;
     struct rec_list *l = r->provisional ? &sh->prov : &sh->live;
@@ -299,6 +319,9 @@ static void touch(struct shard *sh, struct rec *r, uint64_t now)
         TAILQ_REMOVE(l, r, use);
         TAILQ_INSERT_TAIL(l, r, use);
     }
+    /* Uses are many; the store needs them only to keep its copy alive. */
+    if (t->watch && now >= r->noted_ms + t->touch_ms)
+        note(t, r, TETHER_SESSION_NOTE_UPDATE, now);
 }
 
 static void fill(const struct rec *r, struct tether_session_info *out)
@@ -315,6 +338,7 @@ static void fill(const struct rec *r, struct tether_session_info *out)
     out->handoff = r->handoff;
     out->moved_from = r->moved_from;
     out->state_len = r->state_len;
+    out->stale = r->stale;
 }
 
 /* Insert a new record; the caller holds the shard lock and has counted its load. */
@@ -332,7 +356,7 @@ static struct rec *insert(struct tether_session_table *t, struct shard *sh, cons
     r->hash = hash;
     r->backend = b;
     r->epoch = 1;
-    r->created_ms = r->last_seen_ms = now;
+    r->created_ms = r->last_seen_ms = r->noted_ms = now;
     r->provisional = provisional;
     size_t i = hash & (sh->nbuckets - 1);
     r->hnext = sh->buckets[i];
@@ -384,9 +408,15 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
         sh->stats.expired++;
         r = NULL;
     }
+    if (r && r->stale && (flags & TETHER_SESSION_LOOKUP)) {
+        fill(r, out);
+        rc = TETHER_SESSION_STALE;
+        goto out;
+    }
     if (r) {
         if (r->provisional && (flags & TETHER_SESSION_CONFIRM)) {
             pthread_mutex_lock(&t->place_lock);
+            uint32_t was = r->backend;
             int b = place(ctx, hash, (int)r->backend);
             if (b < 0 || b >= TETHER_SESSION_MAX_BACKENDS || make_live(sh, r, (uint32_t)b) < 0) {
                 pthread_mutex_unlock(&t->place_lock);
@@ -395,12 +425,18 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
             }
             atomic_fetch_add(&t->loads[b], 1);
             pthread_mutex_unlock(&t->place_lock);
+            note(t, r, r->backend != was ? TETHER_SESSION_NOTE_MOVE : TETHER_SESSION_NOTE_UPDATE,
+                 now_ms);
         }
         r->requests++;
         r->inflight++;
-        touch(sh, r, now_ms);
+        touch(t, sh, r, now_ms);
         fill(r, out);
         rc = TETHER_SESSION_FOUND;
+        goto out;
+    }
+    if (flags & TETHER_SESSION_LOOKUP) {
+        rc = TETHER_SESSION_MISS;
         goto out;
     }
 
@@ -428,6 +464,7 @@ int tether_session_acquire(struct tether_session_table *t, const char *key, size
     }
     r->requests = 1;
     r->inflight = 1;
+    note(t, r, TETHER_SESSION_NOTE_CREATE, now_ms);
     fill(r, out);
     notify(t, TETHER_SESSION_EV_CREATED, r, r->backend);
     rc = TETHER_SESSION_CREATED;
@@ -450,7 +487,7 @@ void tether_session_release(struct tether_session_table *t, const char *key, siz
             unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
             sh->stats.expired++;
         } else {
-            touch(sh, r, now_ms);
+            touch(t, sh, r, now_ms);
         }
     }
     pthread_mutex_unlock(&sh->lock);
@@ -480,8 +517,10 @@ int tether_session_bind(struct tether_session_table *t, const char *key, size_t 
                 if (rc == 0)
                     atomic_fetch_add(&t->loads[b], 1);
                 pthread_mutex_unlock(&t->place_lock);
+                if (rc == 0)
+                    note(t, r, TETHER_SESSION_NOTE_UPDATE, now_ms);
             }
-            touch(sh, r, now_ms);
+            touch(t, sh, r, now_ms);
         }
         goto out;
     }
@@ -501,6 +540,8 @@ int tether_session_bind(struct tether_session_table *t, const char *key, size_t 
     pthread_mutex_unlock(&t->place_lock);
     if (r)
         notify(t, TETHER_SESSION_EV_CREATED, r, b);
+    if (r)
+        note(t, r, TETHER_SESSION_NOTE_CREATE, now_ms);
     rc = r ? 0 : -ENOMEM;
 out:
     pthread_mutex_unlock(&sh->lock);
@@ -519,6 +560,7 @@ int tether_session_end(struct tether_session_table *t, const char *key, size_t l
     } else if (r->backend != b || r->epoch != epoch) {
         rc = -ESTALE;
     } else {
+        note(t, r, TETHER_SESSION_NOTE_END, r->last_seen_ms);
         unlink_rec(t, sh, r, TETHER_SESSION_EV_ENDED);
         sh->stats.ended++;
     }
@@ -552,6 +594,7 @@ static int move_rec(struct tether_session_table *t, struct shard *sh, struct rec
     r->epoch++;
     sh->stats.moved++;
     notify(t, TETHER_SESSION_EV_MOVED, r, r->moved_from);
+    note(t, r, TETHER_SESSION_NOTE_MOVE, r->last_seen_ms);
     return 1;
 }
 
@@ -621,8 +664,10 @@ void tether_session_handoff_done(struct tether_session_table *t, const char *key
     struct shard *sh = shard_of(t, hash);
     pthread_mutex_lock(&sh->lock);
     struct rec *r = find(sh, key, len, hash);
-    if (r && r->backend == b && r->epoch == epoch)
+    if (r && r->backend == b && r->epoch == epoch && r->handoff) {
         r->handoff = 0;
+        note(t, r, TETHER_SESSION_NOTE_UPDATE, r->last_seen_ms);
+    }
     pthread_mutex_unlock(&sh->lock);
 }
 
@@ -653,6 +698,7 @@ int tether_session_set_state(struct tether_session_table *t, const char *key, si
             free(r->state);
             r->state = copy;
             r->state_len = (uint32_t)blob_len;
+            note(t, r, TETHER_SESSION_NOTE_STATE, r->last_seen_ms);
         }
     }
     pthread_mutex_unlock(&sh->lock);
@@ -730,6 +776,133 @@ out:
     pthread_mutex_unlock(&sh->lock);
     free(state);
     return rc;
+}
+
+/* Rebind r to b (under the shard and placement locks), moving its load along. */
+static int rebind(struct tether_session_table *t, struct shard *sh, struct rec *r, uint32_t b)
+{
+    struct rec_list *bl = backend_list(sh, b);
+    if (!bl)
+        return -ENOMEM;
+    if (!r->provisional) {
+        atomic_fetch_sub(&t->loads[r->backend], 1);
+        atomic_fetch_add(&t->loads[b], 1);
+    }
+    TAILQ_REMOVE(&sh->backends[r->backend], r, by_backend);
+    TAILQ_INSERT_TAIL(bl, r, by_backend);
+    r->backend = b;
+    return 0;
+}
+
+/* Replace r's blob by a copy of v's, within the budget; the caller holds the shard lock. */
+static void take_state(struct tether_session_table *t, struct rec *r,
+                       const struct tether_session_view *v)
+{
+    if (atomic_load(&t->state_bytes) - r->state_len + v->state_len > t->lim.max_state_bytes) {
+        atomic_fetch_add(&t->state_refused, 1);
+        return;
+    }
+    void *copy = v->state_len ? malloc(v->state_len) : NULL;
+    if (v->state_len && !copy)
+        return;
+    if (v->state_len)
+        memcpy(copy, v->state, v->state_len);
+    atomic_fetch_sub(&t->state_bytes, r->state_len);
+    atomic_fetch_add(&t->state_bytes, v->state_len);
+    free(r->state);
+    r->state = copy;
+    r->state_len = (uint32_t)v->state_len;
+}
+
+int tether_session_adopt(struct tether_session_table *t, const struct tether_session_view *v,
+                         uint64_t hash, uint64_t now_ms)
+{
+    const struct tether_session_info *in = &v->info;
+    if (in->backend >= TETHER_SESSION_MAX_BACKENDS || v->key_len == 0 ||
+        v->key_len > TETHER_SESSION_MAX_KEY ||
+        (in->handoff && in->moved_from >= TETHER_SESSION_MAX_BACKENDS &&
+         in->moved_from != TETHER_SESSION_NOWHERE))
+        return -EINVAL;
+    struct shard *sh = shard_of(t, hash);
+    int rc = 0;
+    pthread_mutex_lock(&sh->lock);
+    struct rec *r = find(sh, v->key, v->key_len, hash);
+    if (r && r->inflight == 0 && due(t, r, now_ms)) {
+        unlink_rec(t, sh, r, TETHER_SESSION_EV_EXPIRED);
+        sh->stats.expired++;
+        r = NULL;
+    }
+    pthread_mutex_lock(&t->place_lock);
+    if (!r) {
+        if (atomic_load(&t->count) >= t->lim.max_sessions && evict_one(t, sh) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        r = insert(t, sh, v->key, v->key_len, hash, in->backend, in->provisional, in->created_ms);
+        if (!r) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        if (!in->provisional)
+            atomic_fetch_add(&t->loads[in->backend], 1);
+        /* Adopted because it is in use: idle from now, whatever the store said. */
+        r->last_seen_ms = r->noted_ms = now_ms;
+        r->requests = in->requests;
+        r->epoch = in->epoch;
+        r->handoff = in->handoff;
+        r->moved_from = in->moved_from;
+        if (v->state)
+            take_state(t, r, v);
+        rc = 2;
+        goto out;
+    }
+    r->stale = 0;
+    if (r->provisional && !in->provisional && make_live(sh, r, r->backend) == 0)
+        atomic_fetch_add(&t->loads[r->backend], 1);
+    if (r->backend != in->backend || r->epoch != in->epoch) {
+        uint32_t was = r->backend;
+        if (r->backend != in->backend && rebind(t, sh, r, in->backend) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        r->epoch = in->epoch;
+        if (!r->provisional && (in->handoff || was != in->backend)) {
+            r->handoff = 1;
+            r->moved_from = in->handoff ? in->moved_from : was;
+        }
+        if (v->state)
+            take_state(t, r, v);
+        rc = 1;
+    }
+out:
+    pthread_mutex_unlock(&t->place_lock);
+    pthread_mutex_unlock(&sh->lock);
+    return rc;
+}
+
+size_t tether_session_mark_stale(struct tether_session_table *t)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->nshards; i++) {
+        struct shard *sh = &t->shards[i];
+        pthread_mutex_lock(&sh->lock);
+        struct rec *r;
+        TAILQ_FOREACH(r, &sh->age, age)
+        {
+            r->stale = 1;
+            n++;
+        }
+        pthread_mutex_unlock(&sh->lock);
+    }
+    return n;
+}
+
+void tether_session_table_watch(struct tether_session_table *t, tether_session_watch_fn fn,
+                                void *ctx, uint64_t touch_ms)
+{
+    t->watch = fn;
+    t->watch_ctx = ctx;
+    t->touch_ms = touch_ms;
 }
 
 int tether_session_get(struct tether_session_table *t, const char *key, size_t len, uint64_t hash,

@@ -167,7 +167,7 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
 
 # ---------------------------------------------------------------- YAML
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_./@+-][A-Za-z0-9_./:@+-]*$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_./@+-]([A-Za-z0-9_./:@+-]*[A-Za-z0-9_./@+-])?$")  # no ':' last
 
 
 def _scalar(v):
@@ -704,6 +704,118 @@ class FnPool:
         self.log.close()
 
 
+# ---------------------------------------------------------------- redis
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisError(Exception):
+    """An error reply, as Redis sent it."""
+
+
+class Redis:
+    """A real redis-server on a free 127.0.0.1 port (or a given one), without
+    persistence, and a minimal RESP client to look at what tetherd wrote."""
+
+    def __init__(self, workdir, port=None, password=None):
+        if not REDIS_SERVER:
+            raise unittest.SkipTest("redis-server is not installed")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.password = password
+        self.logpath = os.path.join(workdir, "redis-%d.log" % self.port)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.workdir, "--logfile", self.logpath]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        _live_pids.add(self.proc.pid)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError("redis-server exited with %s" % self.proc.returncode)
+            try:
+                return self.call("PING") == "PONG"
+            except (OSError, RedisError):
+                return False
+
+        wait_until(up, 10, what="redis-server on %d" % self.port)
+
+    @property
+    def address(self):
+        return "%s:%d" % (HOST, self.port)
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def kill(self):
+        """SIGKILL, and wait until it is gone."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        _live_pids.discard(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped one cannot act on TERM
+            except ProcessLookupError:
+                pass
+            stop_pid(self.proc.pid, self.proc, grace=5.0)
+        if self.proc:
+            _live_pids.discard(self.proc.pid)
+
+    def call(self, *args, timeout=5.0):
+        """One command; returns the reply (str, int, list, None), raises
+        RedisError on an error reply."""
+        with socket.create_connection((HOST, self.port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if self.password:
+                s.sendall(_resp(["AUTH", self.password]))
+                _read_reply(f)
+            s.sendall(_resp(args))
+            return _read_reply(f)
+
+    def hgetall(self, key):
+        r = self.call("HGETALL", key)
+        return dict(zip(r[0::2], r[1::2]))
+
+
+def _resp(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def _read_reply(f, depth=0):
+    line = f.readline()
+    if not line.endswith(b"\r\n") or depth > 8:
+        raise OSError("connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode("latin-1")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f, depth + 1) for _ in range(n)]
+    raise OSError("not RESP: %r" % line[:40])
+
+
 # ---------------------------------------------------------------- tetherd
 
 class Tetherd:
@@ -798,6 +910,7 @@ class TetherTestCase(unittest.TestCase):
         self._pools = []
         self._tethers = []
         self._conns = []
+        self._redises = []
         before = len(result.failures) + len(result.errors)
         try:
             return super().run(result)
@@ -817,6 +930,8 @@ class TetherTestCase(unittest.TestCase):
                 problems.append("tetherd exited by itself during the test (code %s)" % crashed)
         for p in self._pools:
             p.stop()
+        for r in self._redises:
+            r.stop()
         if problems:
             self.fail("; ".join(problems))
 
@@ -840,6 +955,11 @@ class TetherTestCase(unittest.TestCase):
         pool = FnPool(self.workdir, n, first, prefix)
         self._pools.append(pool)
         return pool
+
+    def start_redis(self, port=None, password=None):
+        r = Redis(self.workdir, port, password)
+        self._redises.append(r)
+        return r
 
     def backends_of(self, pool):
         return [{"name": name, "address": "%s:%d" % (HOST, port)} for name, port in pool.ports.items()]

@@ -138,8 +138,8 @@ static size_t expire_all(struct tether_session_table *t, uint64_t now)
 }
 
 /* One acquire/release round of key at now; returns the acquire's code. */
-static int touch_once(struct tether_session_table *t, const char *k, uint64_t now,
-                      unsigned flags, struct stub *s)
+static int touch_once(struct tether_session_table *t, const char *k, uint64_t now, unsigned flags,
+                      struct stub *s)
 {
     struct tether_session_info in;
     int rc = acq(t, k, now, flags, s, &in);
@@ -295,8 +295,7 @@ START_TEST(test_provisional_no_load_until_confirm)
     rel(t, "minted", 7);
 
     /* CONFIRM on a miss creates a live session */
-    ck_assert_int_eq(acq(t, "fresh", 8, TETHER_SESSION_CONFIRM, &s, &in),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(acq(t, "fresh", 8, TETHER_SESSION_CONFIRM, &s, &in), TETHER_SESSION_CREATED);
     ck_assert(!in.provisional);
     ck_assert_uint_eq(tether_session_load(t, 1), 2);
     tether_session_table_free(t);
@@ -310,8 +309,7 @@ START_TEST(test_confirm_moves)
     stub_init(&s, 1);
     struct tether_session_info in;
 
-    ck_assert_int_eq(touch_once(t, "m", 0, TETHER_SESSION_PROVISIONAL, &s),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(touch_once(t, "m", 0, TETHER_SESSION_PROVISIONAL, &s), TETHER_SESSION_CREATED);
     s.confirm = 3; /* backend 1 is full now: place() answers elsewhere */
     ck_assert_int_eq(acq(t, "m", 10, TETHER_SESSION_CONFIRM, &s, &in), TETHER_SESSION_FOUND);
     ck_assert_int_eq(s.last_prefer, 1);
@@ -338,8 +336,7 @@ START_TEST(test_confirm_full_stays_provisional)
     stub_init(&s, 2);
     struct tether_session_info in;
 
-    ck_assert_int_eq(touch_once(t, "m", 0, TETHER_SESSION_PROVISIONAL, &s),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(touch_once(t, "m", 0, TETHER_SESSION_PROVISIONAL, &s), TETHER_SESSION_CREATED);
     s.confirm = -1;
     ck_assert_int_eq(acq(t, "m", 10, TETHER_SESSION_CONFIRM, &s, &in), TETHER_SESSION_FULL);
     ck_assert_int_eq(get(t, "m", &in), 0);
@@ -449,8 +446,7 @@ START_TEST(test_end_fenced)
     ck_assert_int_eq(end_key(t, "k", 1, 1), -ENOENT);
 
     /* a provisional session ends without touching any load */
-    ck_assert_int_eq(touch_once(t, "p", 0, TETHER_SESSION_PROVISIONAL, &s),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(touch_once(t, "p", 0, TETHER_SESSION_PROVISIONAL, &s), TETHER_SESSION_CREATED);
     ck_assert_int_eq(touch_once(t, "q", 0, 0, &s), TETHER_SESSION_CREATED);
     ck_assert_uint_eq(tether_session_load(t, 1), 1);
     ck_assert_int_eq(end_key(t, "p", 1, 1), 0);
@@ -563,8 +559,7 @@ START_TEST(test_provisional_timeout)
     /* a minted key that comes back too late is a new, live session */
     ck_assert_int_eq(touch_once(t, "late", 200, TETHER_SESSION_PROVISIONAL, &s),
                      TETHER_SESSION_CREATED);
-    ck_assert_int_eq(acq(t, "late", 300, TETHER_SESSION_CONFIRM, &s, &in),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(acq(t, "late", 300, TETHER_SESSION_CONFIRM, &s, &in), TETHER_SESSION_CREATED);
     ck_assert(!in.provisional);
     ck_assert_int_eq(s.last_prefer, -1);
     ck_assert_uint_eq(tether_session_load(t, 0), 2);
@@ -573,8 +568,7 @@ START_TEST(test_provisional_timeout)
     /* a confirmed one lives by idle_timeout */
     ck_assert_int_eq(touch_once(t, "kept", 400, TETHER_SESSION_PROVISIONAL, &s),
                      TETHER_SESSION_CREATED);
-    ck_assert_int_eq(touch_once(t, "kept", 450, TETHER_SESSION_CONFIRM, &s),
-                     TETHER_SESSION_FOUND);
+    ck_assert_int_eq(touch_once(t, "kept", 450, TETHER_SESSION_CONFIRM, &s), TETHER_SESSION_FOUND);
     ck_assert_uint_eq(expire_all(t, 1000), 1); /* "live", idle since 0 */
     ck_assert_int_eq(get(t, "kept", &in), 0);
     ck_assert_int_eq(get(t, "late", &in), 0);
@@ -681,7 +675,7 @@ START_TEST(test_lifetime_after_release_with_younger_neighbour)
     ck_assert_int_eq(acq(t, "old", 0, 0, &s, &in), TETHER_SESSION_CREATED);
     ck_assert_int_eq(touch_once(t, "young", 50, 0, &s), TETHER_SESSION_CREATED);
     ck_assert_uint_eq(expire_all(t, 100), 0); /* "old" is busy */
-    rel(t, "old", 110); /* due already: it goes with its last request */
+    rel(t, "old", 110);                       /* due already: it goes with its last request */
     ck_assert_int_eq(get(t, "old", &in), -ENOENT);
     ck_assert_uint_eq(stats(t).expired, 1);
     ck_assert_uint_eq(expire_all(t, 120), 0);
@@ -824,6 +818,208 @@ START_TEST(test_move_one_is_fenced_and_handoff_completes)
 }
 END_TEST
 
+/* ---- what a state store sees and does ---- */
+
+/* A watcher that records every notice. */
+struct notes {
+    int n[6];
+    enum tether_session_change last;
+    uint32_t last_backend, last_epoch;
+};
+
+static void watcher(void *ctx, enum tether_session_change what, const char *key, size_t len,
+                    uint64_t hash, const struct tether_session_info *info)
+{
+    struct notes *w = ctx;
+    char k[TETHER_SESSION_MAX_KEY + 1];
+    ck_assert(tether_session_key_valid(key, len));
+    memcpy(k, key, len); /* the record's key is not terminated */
+    k[len] = '\0';
+    ck_assert_uint_eq(hash, hash_of(k));
+    w->n[what]++;
+    w->last = what;
+    w->last_backend = info->backend;
+    w->last_epoch = info->epoch;
+}
+
+START_TEST(test_watch_tells_every_change_once)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct notes w = {0};
+    struct stub s;
+    struct tether_session_info in;
+
+    tether_session_table_watch(t, watcher, &w, 1000);
+    stub_init(&s, 0);
+    ck_assert_int_eq(acq(t, "k", 10, 0, &s, &in), TETHER_SESSION_CREATED);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_CREATE], 1);
+    /* uses are told at most once per touch_ms */
+    rel(t, "k", 20);
+    ck_assert_int_eq(acq(t, "k", 500, 0, &s, &in), TETHER_SESSION_FOUND);
+    rel(t, "k", 600);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_UPDATE], 0);
+    ck_assert_int_eq(acq(t, "k", 1010, 0, &s, &in), TETHER_SESSION_FOUND);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_UPDATE], 1);
+    rel(t, "k", 1020);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_UPDATE], 1);
+    ck_assert_int_eq(set_state(t, "k", 0, 1, 5), 0);
+    ck_assert_int_eq(set_state(t, "k", 0, 9, 5), -ESTALE); /* fenced: not told */
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_STATE], 1);
+    s.answer = 2;
+    ck_assert_int_eq(tether_session_move(t, "k", 1, hash_of("k"), 0, stub_place, &s, &in), 2);
+    ck_assert_int_eq(w.last, TETHER_SESSION_NOTE_MOVE);
+    ck_assert_uint_eq(w.last_backend, 2);
+    ck_assert_uint_eq(w.last_epoch, 2);
+    tether_session_handoff_done(t, "k", 1, hash_of("k"), 2, 2);
+    tether_session_handoff_done(t, "k", 1, hash_of("k"), 2, 2); /* done already: not told */
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_UPDATE], 2);
+    ck_assert_int_eq(end_key(t, "k", 2, 2), 0);
+    ck_assert_int_eq(w.last, TETHER_SESSION_NOTE_END);
+    ck_assert_uint_eq(w.last_epoch, 2);
+    /* a learned key is a creation; a minted one confirmed on another backend a move */
+    ck_assert_int_eq(bind_key(t, "learned", 1, 2000), 0);
+    ck_assert_int_eq(w.last, TETHER_SESSION_NOTE_CREATE);
+    ck_assert_int_eq(acq(t, "m", 2000, TETHER_SESSION_PROVISIONAL, &s, &in),
+                     TETHER_SESSION_CREATED);
+    s.confirm = 3;
+    ck_assert_int_eq(acq(t, "m", 2001, TETHER_SESSION_CONFIRM, &s, &in), TETHER_SESSION_FOUND);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_MOVE], 2);
+    /* expiry is not a change the store must write: its copy expires by itself */
+    int before = w.n[TETHER_SESSION_NOTE_END];
+    rel(t, "m", 2001);
+    rel(t, "m", 2001); /* both requests of it */
+    rel(t, "learned", 2001);
+    ck_assert_uint_eq(tether_session_expire(t, 0, 1, BIG * 3), 2);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_END], before);
+    tether_session_table_free(t);
+}
+END_TEST
+
+START_TEST(test_lookup_and_stale)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct stub s;
+    struct tether_session_info in;
+
+    stub_init(&s, 1);
+    ck_assert_int_eq(acq(t, "k", 0, TETHER_SESSION_LOOKUP, &s, &in), TETHER_SESSION_MISS);
+    ck_assert_int_eq(s.calls, 0);
+    ck_assert_int_eq(get(t, "k", &in), -ENOENT);
+    ck_assert_int_eq(acq(t, "k", 0, 0, &s, &in), TETHER_SESSION_CREATED);
+    rel(t, "k", 0);
+    ck_assert_int_eq(acq(t, "k", 1, TETHER_SESSION_LOOKUP, &s, &in), TETHER_SESSION_FOUND);
+    rel(t, "k", 1);
+    ck_assert_uint_eq(tether_session_mark_stale(t), 1);
+    ck_assert_int_eq(acq(t, "k", 2, TETHER_SESSION_LOOKUP, &s, &in), TETHER_SESSION_STALE);
+    ck_assert(in.stale);
+    ck_assert_uint_eq(in.backend, 1);
+    ck_assert_int_eq(get(t, "k", &in), 0);
+    ck_assert_uint_eq(in.inflight, 0); /* nothing taken */
+    /* without LOOKUP a stale record is served as it is */
+    ck_assert_int_eq(acq(t, "k", 3, 0, &s, &in), TETHER_SESSION_FOUND);
+    ck_assert(in.stale);
+    rel(t, "k", 3);
+    /* the store confirms it unchanged: no longer stale, nothing moved */
+    struct tether_session_view v = {.key = "k", .key_len = 1};
+    v.info.backend = 1;
+    v.info.epoch = 1;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("k"), 4), 0);
+    ck_assert_int_eq(acq(t, "k", 5, TETHER_SESSION_LOOKUP, &s, &in), TETHER_SESSION_FOUND);
+    ck_assert(!in.stale);
+    ck_assert(!in.handoff);
+    rel(t, "k", 5);
+    tether_session_table_free(t);
+}
+END_TEST
+
+START_TEST(test_adopt)
+{
+    struct tether_session_table *t = table(100, BIG, BIG, BIG, 1);
+    struct notes w = {0};
+    struct stub s;
+    struct tether_session_info in;
+    char buf[16];
+
+    tether_session_table_watch(t, watcher, &w, 0);
+    stub_init(&s, 0);
+    /* absent: inserted as the store has it, counted, not told back */
+    struct tether_session_view v = {.key = "a", .key_len = 1, .state = "count=4", .state_len = 7};
+    v.info.backend = 2;
+    v.info.epoch = 3;
+    v.info.requests = 9;
+    v.info.created_ms = 5;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 100), 2);
+    ck_assert_int_eq(get(t, "a", &in), 0);
+    ck_assert_uint_eq(in.backend, 2);
+    ck_assert_uint_eq(in.epoch, 3);
+    ck_assert_uint_eq(in.requests, 9);
+    ck_assert_uint_eq(in.created_ms, 5);
+    ck_assert_uint_eq(in.last_seen_ms, 100);
+    ck_assert_uint_eq(tether_session_load(t, 2), 1);
+    ck_assert_int_eq(tether_session_state_copy(t, "a", 1, hash_of("a"), buf, sizeof(buf)), 7);
+    /* present, another binding (a peer moved it): rebound with a handoff from
+       the store's moved_from, the store's state, the load follows */
+    v.info.backend = 1;
+    v.info.epoch = 4;
+    v.info.handoff = true;
+    v.info.moved_from = 2;
+    v.state = "count=5";
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 110), 1);
+    ck_assert_int_eq(get(t, "a", &in), 0);
+    ck_assert_uint_eq(in.backend, 1);
+    ck_assert_uint_eq(in.epoch, 4);
+    ck_assert(in.handoff);
+    ck_assert_uint_eq(in.moved_from, 2);
+    ck_assert_uint_eq(tether_session_load(t, 2), 0);
+    ck_assert_uint_eq(tether_session_load(t, 1), 1);
+    ck_assert_int_eq(tether_session_state_copy(t, "a", 1, hash_of("a"), buf, sizeof(buf)), 7);
+    ck_assert(memcmp(buf, "count=5", 7) == 0);
+    /* a local record that lost a claim race: it hands off from where it was,
+       keeping its own state when the store gives none */
+    ck_assert_int_eq(acq(t, "b", 120, 0, &s, &in), TETHER_SESSION_CREATED);
+    ck_assert_int_eq(set_state(t, "b", 0, 1, 3), 0);
+    struct tether_session_view o = {.key = "b", .key_len = 1};
+    o.info.backend = 3;
+    o.info.epoch = 1;
+    ck_assert_int_eq(tether_session_adopt(t, &o, hash_of("b"), 130), 1);
+    ck_assert_int_eq(get(t, "b", &in), 0);
+    ck_assert_uint_eq(in.backend, 3);
+    ck_assert(in.handoff);
+    ck_assert_uint_eq(in.moved_from, 0);
+    ck_assert_uint_eq(in.state_len, 3);
+    ck_assert_uint_eq(in.inflight, 1); /* the request in flight keeps its count */
+    rel(t, "b", 131);
+    /* a provisional record the store knows as live becomes live */
+    ck_assert_int_eq(acq(t, "p", 140, TETHER_SESSION_PROVISIONAL, &s, &in), TETHER_SESSION_CREATED);
+    rel(t, "p", 140);
+    struct tether_session_view pv = {.key = "p", .key_len = 1};
+    pv.info.backend = 0;
+    pv.info.epoch = 1;
+    ck_assert_int_eq(tether_session_adopt(t, &pv, hash_of("p"), 150), 0);
+    ck_assert_int_eq(get(t, "p", &in), 0);
+    ck_assert(!in.provisional);
+    ck_assert(!in.handoff);
+    ck_assert_uint_eq(tether_session_load(t, 0), 1);
+    /* adopting tells the watcher nothing; only the local changes above did */
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_CREATE], 2);
+    ck_assert_int_eq(w.n[TETHER_SESSION_NOTE_MOVE], 0);
+    /* moved from a backend the store knows and this table does not */
+    v.info.backend = 0;
+    v.info.epoch = 5;
+    v.info.moved_from = TETHER_SESSION_NOWHERE;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 160), 1);
+    ck_assert_int_eq(get(t, "a", &in), 0);
+    ck_assert(in.handoff);
+    ck_assert_uint_eq(in.moved_from, TETHER_SESSION_NOWHERE);
+    v.info.moved_from = TETHER_SESSION_MAX_BACKENDS;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 170), -EINVAL);
+    v.info.backend = TETHER_SESSION_MAX_BACKENDS;
+    v.info.handoff = false;
+    ck_assert_int_eq(tether_session_adopt(t, &v, hash_of("a"), 180), -EINVAL);
+    tether_session_table_free(t);
+}
+END_TEST
+
 /* ---- the table budget ---- */
 
 START_TEST(test_budget_evicts_lru_idle)
@@ -880,8 +1076,7 @@ START_TEST(test_budget_all_inflight)
     struct tether_session_info in;
 
     ck_assert_int_eq(acq(t, "a", 0, 0, &s, &in), TETHER_SESSION_CREATED);
-    ck_assert_int_eq(acq(t, "b", 0, TETHER_SESSION_PROVISIONAL, &s, &in),
-                     TETHER_SESSION_CREATED);
+    ck_assert_int_eq(acq(t, "b", 0, TETHER_SESSION_PROVISIONAL, &s, &in), TETHER_SESSION_CREATED);
     int calls = s.calls;
     ck_assert_int_eq(acq(t, "c", 1, 0, &s, &in), TETHER_SESSION_ENOMEM);
     ck_assert_int_eq(acq(t, "d", 1, TETHER_SESSION_PROVISIONAL, &s, &in), TETHER_SESSION_ENOMEM);
@@ -1088,8 +1283,8 @@ static void *hammer(void *arg)
                                               : 0;
         uint64_t now = i;
         struct tether_session_info in;
-        int rc = tether_session_acquire(t, key, (size_t)len, h, now, flags, capped_place, w->c,
-                                        &in);
+        int rc =
+            tether_session_acquire(t, key, (size_t)len, h, now, flags, capped_place, w->c, &in);
         if (rc == TETHER_SESSION_CREATED)
             w->created++;
         else if (rc == TETHER_SESSION_FOUND)
@@ -1199,6 +1394,9 @@ static Suite *table_suite(void)
     tcase_add_test(tc, test_move_backend_moves_only_its_sessions);
     tcase_add_test(tc, test_move_without_a_home_keeps_the_binding);
     tcase_add_test(tc, test_move_one_is_fenced_and_handoff_completes);
+    tcase_add_test(tc, test_watch_tells_every_change_once);
+    tcase_add_test(tc, test_lookup_and_stale);
+    tcase_add_test(tc, test_adopt);
     suite_add_tcase(s, tc);
 
     TCase *mt = tcase_create("threads");
