@@ -996,6 +996,8 @@ int tether_session_forget(struct tether_session_table *t, const char *key, size_
     pthread_mutex_lock(&sh->lock);
     struct rec *r = find(sh, key, len, hash);
     if (r) {
+        /* The store forgets it too: another tetherd must not bring it back. */
+        note(t, r, TETHER_SESSION_NOTE_END, r->last_seen_ms);
         unlink_rec(t, sh, r, TETHER_SESSION_EV_FORGOTTEN);
         sh->stats.ended++;
     }
