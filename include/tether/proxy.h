@@ -54,6 +54,7 @@ struct tether_backend {
     uint32_t weight;
     uint64_t max_sessions;       /* 0 = no cap */
     uint64_t drain_since_ms;     /* monotonic, while DRAINING */
+    uint64_t removed_ms;         /* monotonic, once not present: the slot is reused later */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     _Atomic uint32_t inflight;   /* requests sent and not yet answered */
@@ -85,6 +86,19 @@ static inline bool tether_backend_takes_new(const struct tether_backend *b)
 {
     return tether_backend_serves(b) &&
            atomic_load_explicit(&b->admin, memory_order_relaxed) == TETHER_BACKEND_ACTIVE;
+}
+
+/* What operators see: up, down, draining or disabled. */
+static inline const char *tether_backend_state_name(const struct tether_backend *b)
+{
+    switch (atomic_load_explicit(&b->admin, memory_order_relaxed)) {
+    case TETHER_BACKEND_DISABLED:
+        return "disabled";
+    case TETHER_BACKEND_DRAINING:
+        return "draining";
+    default:
+        return atomic_load_explicit(&b->up, memory_order_relaxed) ? "up" : "down";
+    }
 }
 
 /* Request duration histogram bounds (seconds), for the metrics. */

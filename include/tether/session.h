@@ -172,11 +172,12 @@ int tether_session_move(struct tether_session_table *t, const char *key, size_t 
 
 /*
  * Copy the stored state blob of key into buf (at most cap bytes). Returns
- * its length, 0 when there is none, or -ENOSPC when it does not fit.
+ * its length, 0 when there is none, or -ENOSPC when it does not fit; then
+ * *need (when not NULL) is its length, so the caller can make room once.
  * Lock: shard.
  */
 int tether_session_state_copy(struct tether_session_table *t, const char *key, size_t len,
-                              uint64_t hash, char *buf, size_t cap);
+                              uint64_t hash, char *buf, size_t cap, size_t *need);
 
 /*
  * The new backend answered a request sent at (b, epoch) with a non-5xx:

@@ -25,18 +25,6 @@
 #define LIST_DEFAULT 100
 #define LIST_MAX 1000
 
-static const char *state_name(const struct tether_backend *b)
-{
-    switch (atomic_load(&b->admin)) {
-    case TETHER_BACKEND_DISABLED:
-        return "disabled";
-    case TETHER_BACKEND_DRAINING:
-        return "draining";
-    default:
-        return atomic_load(&b->up) ? "up" : "down";
-    }
-}
-
 static json_t *backend_json(struct tether_proxy *p, uint32_t i)
 {
     struct tether_backend *b = &p->backends[i];
@@ -47,7 +35,7 @@ static json_t *backend_json(struct tether_proxy *p, uint32_t i)
                                      : json_null();
     json_t *o = json_pack(
         "{s:s,s:s,s:i,s:s,s:b,s:I,s:i,s:I,s:I,s:I,s:o,s:s,s:I,s:s}", "name", b->name, "address",
-        b->address, "weight", (int)b->weight, "state", state_name(b), "healthy",
+        b->address, "weight", (int)b->weight, "state", tether_backend_state_name(b), "healthy",
         atomic_load(&b->up) != 0, "sessions", (json_int_t)tether_session_load(p->sessions, i),
         "inflight", (int)atomic_load(&b->inflight), "requests",
         (json_int_t)atomic_load(&b->requests), "failures", (json_int_t)failures, "moved",
@@ -489,7 +477,7 @@ static void one_session(struct tether_proxy *p, struct evhttp_request *req, cons
     }
     if (!tether_backend_serves(&p->backends[b])) {
         admin_error(req, 409, "backend %s is %s", json_string_value(to),
-                    state_name(&p->backends[b]));
+                    tether_backend_state_name(&p->backends[b]));
         goto out;
     }
     int rc = tether_proxy_move_session(p, key, len, (uint32_t)b, &info);

@@ -32,6 +32,40 @@ static void one(struct evbuffer *b, const char *name, const char *type, const ch
     evbuffer_add_printf(b, "%s %llu\n", name, v);
 }
 
+/* One value per present backend. */
+typedef unsigned long long (*backend_value_fn)(const struct tether_proxy *p, uint32_t b);
+
+static void per_backend(struct evbuffer *b, const struct tether_proxy *p, size_t n,
+                        const char *name, const char *type, const char *help,
+                        backend_value_fn value)
+{
+    head(b, name, type, help);
+    for (size_t i = 0; i < n; i++)
+        if (LOAD(p->backends[i].present))
+            evbuffer_add_printf(b, "%s{backend=\"%s\"} %llu\n", name, p->backends[i].name,
+                                value(p, (uint32_t)i));
+}
+
+static unsigned long long sessions_of(const struct tether_proxy *p, uint32_t b)
+{
+    return tether_session_load(p->sessions, b);
+}
+
+static unsigned long long up_of(const struct tether_proxy *p, uint32_t b)
+{
+    return LOAD(p->backends[b].up) ? 1 : 0;
+}
+
+static unsigned long long inflight_of(const struct tether_proxy *p, uint32_t b)
+{
+    return LOAD(p->backends[b].inflight);
+}
+
+static unsigned long long connect_failures_of(const struct tether_proxy *p, uint32_t b)
+{
+    return LOAD(p->backends[b].connect_failures);
+}
+
 /* Sum one counter over the workers. */
 #define SUM(p, field)                                                                              \
     ({                                                                                             \
@@ -89,11 +123,8 @@ void admin_metrics(struct tether_proxy *p, struct evhttp_request *req)
 
     struct tether_session_stats st;
     tether_session_stats(p->sessions, &st);
-    head(b, "tether_sessions", "gauge", "Live sessions bound to each backend.");
-    for (size_t i = 0; i < n; i++)
-        if (LOAD(p->backends[i].present))
-            evbuffer_add_printf(b, "tether_sessions{backend=\"%s\"} %u\n", p->backends[i].name,
-                                tether_session_load(p->sessions, (uint32_t)i));
+    per_backend(b, p, n, "tether_sessions", "gauge", "Live sessions bound to each backend.",
+                sessions_of);
     one(b, "tether_sessions_live", "gauge", "Live sessions in the table.", st.live);
     one(b, "tether_sessions_provisional", "gauge",
         "Minted sessions not yet seen back from their client.", st.provisional);
@@ -117,38 +148,23 @@ void admin_metrics(struct tether_proxy *p, struct evhttp_request *req)
         "State blobs dropped for being over state_max_bytes or the budget.",
         LOAD(p->state_dropped) + st.state_refused);
 
-    head(b, "tether_backend_up", "gauge", "1 when the backend passes its health checks.");
-    for (size_t i = 0; i < n; i++)
-        if (LOAD(p->backends[i].present))
-            evbuffer_add_printf(b, "tether_backend_up{backend=\"%s\"} %d\n", p->backends[i].name,
-                                LOAD(p->backends[i].up) ? 1 : 0);
+    per_backend(b, p, n, "tether_backend_up", "gauge",
+                "1 when the backend passes its health checks.", up_of);
     head(b, "tether_backend_state", "gauge", "The backend's state: 1 for the current one.");
     static const char *const states[] = {"up", "down", "draining", "disabled"};
     for (size_t i = 0; i < n; i++) {
         const struct tether_backend *be = &p->backends[i];
         if (!LOAD(be->present))
             continue;
-        int adm = LOAD(be->admin);
-        const char *cur = adm == TETHER_BACKEND_DISABLED   ? "disabled"
-                          : adm == TETHER_BACKEND_DRAINING ? "draining"
-                          : LOAD(be->up)                   ? "up"
-                                                           : "down";
+        const char *cur = tether_backend_state_name(be);
         for (size_t s = 0; s < 4; s++)
             evbuffer_add_printf(b, "tether_backend_state{backend=\"%s\",state=\"%s\"} %d\n",
                                 be->name, states[s], strcmp(cur, states[s]) == 0);
     }
-    head(b, "tether_backend_inflight", "gauge", "Requests sent to the backend and not answered.");
-    for (size_t i = 0; i < n; i++)
-        if (LOAD(p->backends[i].present))
-            evbuffer_add_printf(b, "tether_backend_inflight{backend=\"%s\"} %u\n",
-                                p->backends[i].name, LOAD(p->backends[i].inflight));
-    head(b, "tether_backend_connect_failures_total", "counter",
-         "Connections to the backend that failed.");
-    for (size_t i = 0; i < n; i++)
-        if (LOAD(p->backends[i].present))
-            evbuffer_add_printf(b, "tether_backend_connect_failures_total{backend=\"%s\"} %llu\n",
-                                p->backends[i].name,
-                                (unsigned long long)LOAD(p->backends[i].connect_failures));
+    per_backend(b, p, n, "tether_backend_inflight", "gauge",
+                "Requests sent to the backend and not answered.", inflight_of);
+    per_backend(b, p, n, "tether_backend_connect_failures_total", "counter",
+                "Connections to the backend that failed.", connect_failures_of);
     head(b, "tether_health_checks_total", "counter", "Active health checks, by result.");
     for (size_t i = 0; i < n; i++) {
         const struct tether_backend *be = &p->backends[i];

@@ -333,6 +333,35 @@ int affinity_reroute(struct conn *c)
     return 0;
 }
 
+/*
+ * x-fc-session-state with the stored blob, copied straight into the output:
+ * no buffer of its own. A blob stored under a larger state_max_bytes than
+ * the running one gets a second try with room for it.
+ */
+static void add_state(struct tether_proxy *p, struct conn *c, struct evbuffer *out)
+{
+    size_t room = c->w->cfg->session.state_max_bytes;
+    for (int tries = 0; tries < 2; tries++) {
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(out, (ev_ssize_t)(room + 22), &v, 1) != 1)
+            return;
+        char *at = v.iov_base;
+        size_t need = 0;
+        int n = tether_session_state_copy(p->sessions, c->key, c->key_len, c->key_hash, at + 20,
+                                          room, &need);
+        v.iov_len = 0;
+        if (n > 0) {
+            memcpy(at, "x-fc-session-state: ", 20);
+            memcpy(at + 20 + n, "\r\n", 2);
+            v.iov_len = (size_t)n + 22;
+        }
+        evbuffer_commit_space(out, &v, 1);
+        if (n != -ENOSPC)
+            return;
+        room = need;
+    }
+}
+
 /* The session lines of the head sent upstream (the rest is in c->head). */
 void affinity_write_headers(struct conn *c, struct evbuffer *out)
 {
@@ -347,26 +376,7 @@ void affinity_write_headers(struct conn *c, struct evbuffer *out)
             if (c->moved_from < p->nbackends)
                 evbuffer_add_printf(out, "x-fc-session-moved-from: %s\r\n",
                                     p->backends[c->moved_from].name);
-            /* Copied straight into the output: no buffer of its own. */
-            /* The stored blob may be larger than a lowered limit allows now. */
-            size_t max = c->w->cfg->session.state_max_bytes;
-            struct tether_session_info si;
-            if (tether_session_get(p->sessions, c->key, c->key_len, c->key_hash, &si) == 0 &&
-                si.state_len > max)
-                max = si.state_len;
-            struct evbuffer_iovec v;
-            if (evbuffer_reserve_space(out, (ev_ssize_t)(max + 22), &v, 1) == 1) {
-                char *at = v.iov_base;
-                int n = tether_session_state_copy(p->sessions, c->key, c->key_len, c->key_hash,
-                                                  at + 20, max);
-                v.iov_len = 0;
-                if (n > 0) {
-                    memcpy(at, "x-fc-session-state: ", 20);
-                    memcpy(at + 20 + n, "\r\n", 2);
-                    v.iov_len = (size_t)n + 22;
-                }
-                evbuffer_commit_space(out, &v, 1);
-            }
+            add_state(p, c, out);
         }
     }
     evbuffer_add(out, "\r\n", 2);

@@ -301,7 +301,6 @@ void tether_proxy_accept(struct tether_proxy_worker *w, int fd, const struct soc
     (void)salen;
     c->w = w;
     c->fd = fd;
-    c->listen = listen;
     c->tls = w->cfg->listens[listen].tls != NULL;
     if (c->tls) {
         /* Taken now: a reload may renumber listeners and replace contexts

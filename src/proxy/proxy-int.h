@@ -78,7 +78,6 @@ struct conn {
     enum conn_state state;
     bool tls;
     int fd;                      /* until the stream exists (TLS listeners peek first) */
-    size_t listen;               /* index in cfg->listens at accept */
     uint64_t handshake_ms;       /* TLS listeners: handshake_timeout */
     uint64_t hsts_s;             /* TLS listeners: HSTS max-age, 0 = none */
     bool hsts_subdomains;

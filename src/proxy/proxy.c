@@ -154,17 +154,21 @@ int tether_proxy_backend_find(struct tether_proxy *p, const char *name)
     return -1;
 }
 
-/* A slot nothing refers to any more: empty, nothing in flight, no session. */
+/* A slot nothing refers to any more: empty for a minute, nothing in flight, no session. */
+static bool slot_reusable(struct tether_proxy *p, size_t i)
+{
+    const struct tether_backend *b = &p->backends[i];
+    return !atomic_load(&b->present) && atomic_load(&b->inflight) == 0 &&
+           tether_session_load(p->sessions, (uint32_t)i) == 0 &&
+           tether_now_ms() > b->removed_ms + 60000;
+}
+
 static int free_slot(struct tether_proxy *p)
 {
     size_t n = atomic_load(&p->nbackends);
-    for (size_t i = 0; i < n; i++) {
-        struct tether_backend *b = &p->backends[i];
-        if (!atomic_load(&b->present) && atomic_load(&b->inflight) == 0 &&
-            tether_session_load(p->sessions, (uint32_t)i) == 0 &&
-            tether_now_ms() > b->drain_since_ms + 60000)
+    for (size_t i = 0; i < n; i++)
+        if (slot_reusable(p, i))
             return (int)i;
-    }
     return n < TETHER_PROXY_MAX_BACKENDS ? (int)n : -1;
 }
 
@@ -547,7 +551,7 @@ static size_t slot_remove(struct tether_proxy *p, uint32_t b, const struct tethe
     struct tether_backend *be = &p->backends[b];
     atomic_store(&be->present, 0);
     p->weights[b] = 0;
-    be->drain_since_ms = tether_now_ms(); /* the slot is reused a while after */
+    be->removed_ms = tether_now_ms(); /* the slot is reused a while after */
     set_reason(be, "removed");
     rebuild_ring(p, cfg->balance.vnodes);
     size_t n = tether_proxy_move_backend(p, b, TETHER_MOVE_REMOVED);
@@ -683,11 +687,8 @@ static int reload_check(struct tether_proxy *p, const struct tether_config *ncfg
             plan[j] = P_ADD, adds++;
     }
     size_t room = TETHER_PROXY_MAX_BACKENDS - atomic_load(&p->nbackends);
-    for (size_t i = 0; room < adds && i < atomic_load(&p->nbackends); i++) {
-        const struct tether_backend *b = &p->backends[i];
-        room += !atomic_load(&b->present) && atomic_load(&b->inflight) == 0 &&
-                tether_session_load(p->sessions, (uint32_t)i) == 0;
-    }
+    for (size_t i = 0; room < adds && i < atomic_load(&p->nbackends); i++)
+        room += slot_reusable(p, i);
     if (adds > room)
         tether_strlist_addf(rep->errors, "backends: room for %zu more, the file adds %zu", room,
                             adds);
@@ -760,6 +761,7 @@ int tether_proxy_reload(struct tether_proxy *p, struct tether_config *ncfg,
                 tether_strlist_addf(rep->dropped, "backend %s added at run time (%s)", cb->name,
                                     old->address);
             atomic_store(&old->present, 0);
+            old->removed_ms = tether_now_ms(); /* not reusable by the entry replacing it */
             ring_dirty = true;
             continue;
         }

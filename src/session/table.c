@@ -640,7 +640,7 @@ int tether_session_move(struct tether_session_table *t, const char *key, size_t 
 }
 
 int tether_session_state_copy(struct tether_session_table *t, const char *key, size_t len,
-                              uint64_t hash, char *buf, size_t cap)
+                              uint64_t hash, char *buf, size_t cap, size_t *need)
 {
     struct shard *sh = shard_of(t, hash);
     int rc = 0;
@@ -649,6 +649,8 @@ int tether_session_state_copy(struct tether_session_table *t, const char *key, s
     if (r && r->state_len) {
         if (r->state_len > cap) {
             rc = -ENOSPC;
+            if (need)
+                *need = r->state_len;
         } else {
             memcpy(buf, r->state, r->state_len);
             rc = (int)r->state_len;

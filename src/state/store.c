@@ -55,18 +55,17 @@ int store_state_copy(struct tether_store_worker *sw, const char *key, size_t len
 {
     struct tether_session_table *t = sw->st->table;
     for (int tries = 0; tries < 3; tries++) {
-        int n = tether_session_state_copy(t, key, len, hash, sw->state_buf, sw->state_cap - 1);
+        size_t need;
+        int n = tether_session_state_copy(t, key, len, hash, sw->state_buf, sw->state_cap - 1,
+                                          &need);
         if (n != -ENOSPC)
             return n;
         /* Stored under a larger state_max_bytes than the running one. */
-        struct tether_session_info in;
-        if (tether_session_get(t, key, len, hash, &in) < 0)
-            return -ENOENT;
-        char *nb = realloc(sw->state_buf, (size_t)in.state_len + 1);
+        char *nb = realloc(sw->state_buf, need + 1);
         if (!nb)
             return -ENOMEM;
         sw->state_buf = nb;
-        sw->state_cap = (size_t)in.state_len + 1;
+        sw->state_cap = need + 1;
     }
     return -ENOSPC;
 }
