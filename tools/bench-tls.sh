@@ -14,8 +14,9 @@
 # PROTO compares like with like: the harness's nginx (1.22) speaks TLS 1.2
 # only, and TLS 1.3 resumption does an ECDHE exchange that TLS 1.2 ticket
 # resumption does not. tls13 runs a copy of the harness whose nginx enables
-# TLSv1.3; tls12 caps every client (wrk, openssl, curl) at TLS 1.2 through
-# an OPENSSL_CONF of its own. default runs the harness as it is.
+# TLSv1.3; tls12 caps every client at TLS 1.2: wrk, s_client and curl
+# through an OPENSSL_CONF of its own, s_time (which overrides that) with
+# -tls1_2 in a copy of fullhs.sh. default runs the harness as it is.
 # Needs Debian's haproxy, nginx and wrk (and the openssl command line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,15 @@ tls13)
     bench=$copy
     export BENCH_DIR=$copy ;;
 tls12)
+    # openssl s_time sets its own version bounds, which override the
+    # OPENSSL_CONF below: its copy of fullhs.sh asks for TLS 1.2 outright.
+    copy=$RUN_DIR/bench-tls12
+    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$bench"/. "$copy"/
+    sed -i 's#openssl s_time -connect#openssl s_time -tls1_2 -connect#' "$copy/fullhs.sh"
+    grep -q 's_time -tls1_2 -connect' "$copy/fullhs.sh" ||
+        { echo "bench-tls: cannot make fullhs.sh ask for TLS 1.2" >&2; exit 1; }
+    bench=$copy
+    export BENCH_DIR=$copy
     printf '%s\n' 'openssl_conf = openssl_init' '[openssl_init]' 'ssl_conf = ssl_sect' '[ssl_sect]' \
         'system_default = system_default_sect' '[system_default_sect]' 'MaxProtocol = TLSv1.2' \
         > "$RUN_DIR/tls12.cnf"
