@@ -186,6 +186,13 @@ struct evbuffer *tether_stream_get_output(struct tether_stream *s);
  */
 bool tether_stream_unclean_eof(const struct tether_stream *s);
 
+/*
+ * Nothing the peer sent is waiting: no buffered or undecrypted TLS record,
+ * no byte in the socket's receive queue (one ioctl). Closing then sends a
+ * FIN, not the RST that unread data would cause.
+ */
+bool tether_stream_input_idle(struct tether_stream *s);
+
 /* The socket, or -1 before tether_stream_connect(). */
 int tether_stream_getfd(struct tether_stream *s);
 

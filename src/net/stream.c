@@ -725,6 +725,14 @@ void tether_stream_flush(struct tether_stream *s)
     stream_sync(s);
 }
 
+bool tether_stream_input_idle(struct tether_stream *s)
+{
+    int queued = 0;
+    if (evbuffer_get_length(s->input) > 0 || (s->ssl && SSL_has_pending(s->ssl)))
+        return false;
+    return s->fd >= 0 && ioctl(s->fd, FIONREAD, &queued) == 0 && queued == 0;
+}
+
 void tether_stream_shutdown_write(struct tether_stream *s)
 {
     if (s->fd < 0)

@@ -128,9 +128,19 @@ void conn_abort(struct conn *c)
     arm(c, T_LINGER);
 }
 
-/* Output flushed: stop sending, keep reading (and discarding) for a while. */
+/*
+ * Output flushed: stop sending, keep reading (and discarding) for a while,
+ * so that bytes still coming cannot make the close a reset that destroys
+ * the response before the client reads it. After a whole exchange with
+ * nothing more received, the close is immediate (its FIN follows the
+ * response; on TLS a close_notify goes first).
+ */
 static void linger_start(struct conn *c)
 {
+    if (c->done_reading && tether_stream_input_idle(c->bev)) {
+        conn_free(c);
+        return;
+    }
     tether_stream_shutdown_write(c->bev);
     evbuffer_drain(tether_stream_get_input(c->bev), (size_t)-1);
     tether_stream_setwatermark(c->bev, EV_READ, 0, 0);
@@ -639,6 +649,7 @@ void conn_response_done(struct conn *c)
     request_end(c);
     if (!c->req_done || c->close_after || !c->keepalive ||
         (c->read_eof && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)) {
+        c->done_reading = c->req_done;
         close_gracefully(c);
         return;
     }

@@ -113,6 +113,7 @@ struct conn {
     bool close_after;            /* close once the response is complete */
     bool read_eof;               /* the client half-closed: answer what it sent, then close */
     bool aborting;               /* closing without lingering once output is flushed */
+    bool done_reading;           /* closing after a whole exchange: no lingering if nothing more came */
 
     /* The request's session: a copy of the key, never a record pointer. */
     char key[TETHER_SESSION_MAX_KEY];

@@ -137,6 +137,31 @@ class KeepAlive(it.TetherTestCase):
         self.assertTrue(closed, "socket still open 2 s after Connection: close")
         self.assertEqual(extra, b"")
 
+    def test_close_is_immediate_after_whole_exchange(self):
+        """After a whole request and its response, with nothing more from the
+        client, tetherd closes its socket at once (the kernel holds it as an
+        orphan, inode 0) instead of lingering; bytes that came after the
+        request make it linger, so they cannot turn the close into a reset."""
+        c = self.conn()
+        c.request("GET", "/", [("Connection", "close")])
+        self.assertEqual(c.read_response().status, 200)
+        local = c.sock.getsockname()[1]
+        self.assertTrue(wait_for(lambda: tcp_inode(self.port, local) in (None, 0), 1.0),
+                        "tetherd kept its socket open after the exchange ended")
+        # the same with bytes after the request: the response is whole, and
+        # tetherd still holds the socket (lingering), reading and discarding
+        c = self.conn()
+        c.send(it.build_request("GET", "/sleep?ms=200", [("Connection", "close")]) + b"GARBAGE")
+        r = c.read_response()
+        self.assertEqual(r.status, 200, r)
+        local = c.sock.getsockname()[1]
+        time.sleep(0.2)
+        self.assertNotIn(tcp_inode(self.port, local), (None, 0),
+                         "tetherd closed with unread bytes from the client")
+        closed, extra = c.closed_within(1.0)
+        self.assertTrue(closed)
+        self.assertEqual(extra, b"")
+
     def test_http10_closes(self):
         c = self.conn()
         c.send(b"GET /echo HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
@@ -181,6 +206,27 @@ class KeepAlive(it.TetherTestCase):
         conns, reqs = self.upstream_conns(before)
         self.assertEqual(reqs, 20)
         self.assertLessEqual(conns, 2)
+
+
+def tcp_inode(server_port, client_port):
+    """The inode of the server's side of a loopback TCP connection: 0 once
+    the process closed it (an orphan), None once the kernel forgot it."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if int(cols[1].split(":")[1], 16) == server_port and \
+                    int(cols[2].split(":")[1], 16) == client_port:
+                return int(cols[9])
+    return None
+
+
+def wait_for(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
 
 
 def rx_queue(server_port, client_port):
