@@ -211,6 +211,16 @@ void tether_stream_flush(struct tether_stream *s);
 void tether_stream_shutdown_write(struct tether_stream *s);
 
 /*
+ * TLS: send the close_notify right behind the output (in the same write,
+ * once all of it is taken); nothing may be written after it. Plain streams:
+ * no effect.
+ */
+void tether_stream_close_notify_after_output(struct tether_stream *s);
+
+/* Output bytes not yet handed to the socket (TLS: including records made). */
+size_t tether_stream_output_pending(const struct tether_stream *s);
+
+/*
  * Close and free s at once: TLS sends a best-effort close_notify, the socket
  * is closed and queued output dropped. Safe from inside any callback,
  * including one of s itself; no callback of s runs afterwards. Accepts NULL.

@@ -10,6 +10,7 @@
 #include <sys/queue.h>
 #include <sys/types.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <openssl/ssl.h>
@@ -68,6 +69,8 @@ struct tether_stream {
     bool rwant_write;    /* TLS: the read waits for writability */
     bool broken;         /* TLS: fatal error, send no close_notify */
     bool unclean_eof;    /* TLS: the peer closed without close_notify */
+    bool shut_after;     /* TLS: close_notify right behind the output */
+    bool shut_sent;      /* TLS: close_notify queued or sent */
     bool dirty;          /* on loop->dirty */
     unsigned pend;       /* P_* */
     short pend_what;
@@ -78,6 +81,9 @@ struct tether_stream {
     int outq;            /* send queue at the last write timeout, -1 after progress */
     size_t rlow, rhigh, wlow;
     struct evbuffer *input, *output;
+    /* TLS records made but not yet written (accepted streams only): what
+       one loop turn produces leaves in one write. NULL: straight to the socket. */
+    struct evbuffer *tls_out;
     struct evbuffer_cb_entry *in_cb, *out_cb;
     tether_stream_data_cb readcb, writecb;
     tether_stream_event_cb eventcb;
@@ -105,5 +111,13 @@ ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err);
 ssize_t stream_tls_write(struct tether_stream *s, int *err);
 void stream_tls_handshake(struct tether_stream *s);
 void stream_tls_close(struct tether_stream *s);
+ssize_t stream_tls_push(struct tether_stream *s);
+void stream_tls_send_close_notify(struct tether_stream *s);
+
+/* Output not yet handed to the socket: the user's bytes and TLS records. */
+static inline size_t stream_pending(const struct tether_stream *s)
+{
+    return evbuffer_get_length(s->output) + (s->tls_out ? evbuffer_get_length(s->tls_out) : 0);
+}
 
 #endif

@@ -155,12 +155,11 @@ static bool want_wev(const struct tether_stream *s)
     case ST_CONNECTING:
         return true;
     case ST_HANDSHAKE:
-        return s->hs_want == EV_WRITE;
+        return s->hs_want == EV_WRITE || (s->tls_out && evbuffer_get_length(s->tls_out) > 0);
     case ST_OPEN:
         if (s->rwant_write && reading(s))
             return true;
-        return s->wblocked && !s->wwant_read && (s->enabled & EV_WRITE) &&
-               evbuffer_get_length(s->output) > 0;
+        return s->wblocked && !s->wwant_read && (s->enabled & EV_WRITE) && stream_pending(s) > 0;
     default:
         return false;
     }
@@ -358,7 +357,7 @@ bool stream_read(struct tether_stream *s)
 /* Write what the socket takes; then the write callback or an error event. */
 bool stream_write(struct tether_stream *s)
 {
-    size_t len = evbuffer_get_length(s->output);
+    size_t len = stream_pending(s);
     if (s->state != ST_OPEN || !(s->enabled & EV_WRITE) || len == 0) {
         if (len == 0)
             s->wblocked = false;
@@ -376,7 +375,7 @@ bool stream_write(struct tether_stream *s)
     if (n > 0)
         s->outq = -1;
     stream_sync(s);
-    if (n > 0 && s->writecb && evbuffer_get_length(s->output) <= s->wlow)
+    if (n > 0 && s->writecb && stream_pending(s) <= s->wlow)
         return run_write(s);
     return true;
 }
@@ -507,10 +506,9 @@ static void service(struct tether_stream *s)
     }
     if ((p & P_READ) && !stream_read(s))
         return;
-    if (s->state == ST_OPEN && (s->enabled & EV_WRITE) && !s->wblocked &&
-        evbuffer_get_length(s->output) > 0)
+    if (s->state == ST_OPEN && (s->enabled & EV_WRITE) && !s->wblocked && stream_pending(s) > 0)
         stream_write(s);
-    else if ((p & P_WRITECB) && s->writecb && evbuffer_get_length(s->output) <= s->wlow)
+    else if ((p & P_WRITECB) && s->writecb && stream_pending(s) <= s->wlow)
         run_write(s);
 }
 
@@ -561,6 +559,8 @@ void stream_release(struct tether_stream *s)
         evbuffer_free(s->input);
     if (s->output)
         evbuffer_free(s->output);
+    if (s->tls_out)
+        evbuffer_free(s->tls_out);
     free(s);
 }
 
@@ -710,8 +710,7 @@ int tether_stream_getfd(struct tether_stream *s)
 
 void tether_stream_flush(struct tether_stream *s)
 {
-    if (s->state != ST_OPEN || !(s->enabled & EV_WRITE) || s->wwant_read ||
-        evbuffer_get_length(s->output) == 0)
+    if (s->state != ST_OPEN || !(s->enabled & EV_WRITE) || s->wwant_read || stream_pending(s) == 0)
         return;
     int err = 0;
     ssize_t n = s->ssl ? stream_tls_write(s, &err) : plain_write(s, &err);
@@ -719,7 +718,7 @@ void tether_stream_flush(struct tether_stream *s)
         s->enabled &= ~EV_WRITE;
         s->wblocked = false;
         post_event(s, BEV_EVENT_WRITING | BEV_EVENT_ERROR, err);
-    } else if (n > 0 && evbuffer_get_length(s->output) <= s->wlow) {
+    } else if (n > 0 && stream_pending(s) <= s->wlow) {
         stream_mark(s, P_WRITECB);
     }
     stream_sync(s);
@@ -737,12 +736,22 @@ void tether_stream_shutdown_write(struct tether_stream *s)
 {
     if (s->fd < 0)
         return;
-    if (s->ssl && s->state == ST_OPEN && !s->broken) {
-        ERR_clear_error();
-        SSL_shutdown(s->ssl);
-        ERR_clear_error();
+    if (s->ssl) {
+        stream_tls_send_close_notify(s);
+        stream_tls_push(s);
     }
     shutdown(s->fd, SHUT_WR);
+}
+
+void tether_stream_close_notify_after_output(struct tether_stream *s)
+{
+    if (s->ssl)
+        s->shut_after = true;
+}
+
+size_t tether_stream_output_pending(const struct tether_stream *s)
+{
+    return stream_pending(s);
 }
 
 void tether_stream_free(struct tether_stream *s)

@@ -6,6 +6,9 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <openssl/err.h>
@@ -14,6 +17,79 @@
 
 /* Plaintext bytes in a full TLS record (RFC 8446 5.1). */
 #define TLS_RECORD_MAX 16384
+/* Records held for the socket at most: past it SSL_write waits. */
+#define TLS_OUT_MAX (64 * 1024)
+#define PUSH_IOV 16
+
+/*
+ * An accepted stream's records go to tls_out through this BIO, and leave in
+ * one write per loop turn (stream_tls_push): a flight and the tickets after
+ * it, a response and the close_notify behind it. OpenSSL's flushes are
+ * no-ops; the stream decides when to write.
+ */
+static BIO_METHOD *out_method;
+
+static int out_write(BIO *b, const char *data, int len)
+{
+    struct tether_stream *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (evbuffer_get_length(s->tls_out) >= TLS_OUT_MAX) {
+        BIO_set_retry_write(b);
+        return -1;
+    }
+    return evbuffer_add(s->tls_out, data, (size_t)len) == 0 ? len : -1;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static void out_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tether records");
+    if (m && (BIO_meth_set_write(m, out_write) != 1 || BIO_meth_set_ctrl(m, out_ctrl) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    out_method = m;
+}
+
+/*
+ * Write the records held in tls_out, as many as the socket takes. Returns
+ * the bytes written, or -1 with errno set. Streams without tls_out: 0.
+ */
+ssize_t stream_tls_push(struct tether_stream *s)
+{
+    ssize_t total = 0;
+    while (s->tls_out && evbuffer_get_length(s->tls_out) > 0) {
+        struct evbuffer_iovec v[PUSH_IOV];
+        struct iovec iov[PUSH_IOV];
+        int n = evbuffer_peek(s->tls_out, -1, NULL, v, PUSH_IOV);
+        if (n > PUSH_IOV)
+            n = PUSH_IOV;
+        size_t want = 0;
+        for (int i = 0; i < n; i++) {
+            iov[i].iov_base = v[i].iov_base;
+            iov[i].iov_len = v[i].iov_len;
+            want += v[i].iov_len;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t r = sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            return -1;
+        }
+        evbuffer_drain(s->tls_out, (size_t)r);
+        total += r;
+        if ((size_t)r < want)
+            break;
+    }
+    return total;
+}
 
 /*
  * What a failed SSL call means, given SSL_get_error() e and the errno sys
@@ -47,11 +123,25 @@ static short failure(struct tether_stream *s, int e, int sys, int *err)
 
 int stream_tls_set_fd(struct tether_stream *s, int fd)
 {
-    if (SSL_set_fd(s->ssl, fd) != 1) {
-        ERR_clear_error();
-        return -ENOMEM;
+    if (!s->tls_out) {
+        if (SSL_set_fd(s->ssl, fd) != 1)
+            goto fail;
+        return 0;
     }
+    BIO *b = BIO_new(out_method);
+    if (!b)
+        goto fail;
+    BIO_set_data(b, s);
+    BIO_set_init(b, 1);
+    if (SSL_set_rfd(s->ssl, fd) != 1) {
+        BIO_free(b);
+        goto fail;
+    }
+    SSL_set0_wbio(s->ssl, b);
     return 0;
+fail:
+    ERR_clear_error();
+    return -ENOMEM;
 }
 
 struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd, SSL *ssl,
@@ -61,6 +151,15 @@ struct tether_stream *tether_stream_new_tls(struct tether_stream_loop *l, int fd
     if (!s)
         return NULL;
     s->ssl = ssl;
+    if (accepting) {
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, out_init);
+        /* Without the method (no memory at start), records go straight out. */
+        if (out_method && !(s->tls_out = evbuffer_new())) {
+            stream_release(s);
+            return NULL;
+        }
+    }
     if (fd >= 0 && stream_tls_set_fd(s, fd) < 0) {
         stream_release(s);
         return NULL;
@@ -85,6 +184,17 @@ void stream_tls_handshake(struct tether_stream *s)
 {
     ERR_clear_error();
     int r = SSL_do_handshake(s->ssl);
+    int sys = errno;
+    int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, r);
+    /* The flight, tickets or alert this step made, in one write. */
+    if (stream_tls_push(s) < 0 && e != SSL_ERROR_SSL && e != SSL_ERROR_SYSCALL) {
+        int err = errno;
+        s->broken = true;
+        s->state = ST_FAILED;
+        stream_sync(s);
+        stream_run_event(s, BEV_EVENT_READING | BEV_EVENT_ERROR, err);
+        return;
+    }
     if (r == 1) {
         if (!stream_opened(s))
             return;
@@ -93,8 +203,6 @@ void stream_tls_handshake(struct tether_stream *s)
             stream_read(s);
         return;
     }
-    int sys = errno;
-    int e = SSL_get_error(s->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
         s->hs_want = e == SSL_ERROR_WANT_READ ? EV_READ : EV_WRITE;
         stream_sync(s);
@@ -147,8 +255,16 @@ ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err)
             *what = failure(s, e, sys, err);
         break;
     }
-    if (was != s->rwant_write)
+    if (s->tls_out && evbuffer_get_length(s->tls_out) > 0) {
+        if (stream_tls_push(s) < 0 && !*what) {
+            *what = BEV_EVENT_ERROR;
+            *err = errno;
+        }
+        s->wblocked = stream_pending(s) > 0;
         stream_sync(s);
+    } else if (was != s->rwant_write) {
+        stream_sync(s);
+    }
     return total;
 }
 
@@ -156,10 +272,23 @@ ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err)
  * SSL_write the output's first segments. After WANT_*, OpenSSL wants the
  * same bytes offered again, and no fewer: they stay at the front of the
  * output, which is drained only by what was written and grows only at its
- * end. Returns the bytes written or -1.
+ * end. With tls_out, the records made leave in one write, a close_notify
+ * asked for (shut_after) behind them. Returns the progress made (bytes
+ * taken or written; 0: none) or -1.
  */
 ssize_t stream_tls_write(struct tether_stream *s, int *err)
 {
+    /* Records held from before go first; while the socket is full, no more. */
+    ssize_t held = stream_tls_push(s);
+    if (held < 0) {
+        *err = errno;
+        s->broken = true;
+        return -1;
+    }
+    if (s->tls_out && evbuffer_get_length(s->tls_out) > 0) {
+        s->wblocked = true;
+        return held;
+    }
     /* Small segments (a response head, then its body) leave as one record:
        one encryption, one write(), one TCP segment, where each SSL_write
        would make its own. Without memory the segments go one by one. */
@@ -178,6 +307,13 @@ ssize_t stream_tls_write(struct tether_stream *s, int *err)
         size_t off = 0;
         while (off < v[i].iov_len) {
             size_t chunk = v[i].iov_len - off;
+            if (s->tls_out) {
+                /* Bounded: tls_out holds at most TLS_OUT_MAX and one record more. */
+                if (evbuffer_get_length(s->tls_out) >= TLS_OUT_MAX)
+                    goto out;
+                if (chunk > TLS_RECORD_MAX)
+                    chunk = TLS_RECORD_MAX;
+            }
             ERR_clear_error();
             int r = SSL_write(s->ssl, (char *)v[i].iov_base + off,
                               chunk > INT_MAX ? INT_MAX : (int)chunk);
@@ -201,17 +337,35 @@ ssize_t stream_tls_write(struct tether_stream *s, int *err)
     }
 out:
     evbuffer_drain(s->output, total);
-    s->wblocked = evbuffer_get_length(s->output) > 0;
-    return failed ? -1 : (ssize_t)total;
+    if (!failed && s->shut_after && evbuffer_get_length(s->output) == 0)
+        stream_tls_send_close_notify(s);
+    ssize_t pushed = failed ? 0 : stream_tls_push(s);
+    if (pushed < 0) {
+        *err = errno;
+        s->broken = true;
+        failed = true;
+    }
+    s->wblocked = stream_pending(s) > 0;
+    /* Progress, for the caller: user bytes taken, and held records written
+       (records still in tls_out count as pending output). */
+    return failed ? -1 : (ssize_t)total + held + pushed;
+}
+
+void stream_tls_send_close_notify(struct tether_stream *s)
+{
+    if (s->shut_sent || s->state != ST_OPEN || s->broken)
+        return;
+    ERR_clear_error();
+    SSL_shutdown(s->ssl);
+    ERR_clear_error();
+    s->shut_sent = true;
 }
 
 void stream_tls_close(struct tether_stream *s)
 {
-    if (s->state == ST_OPEN && !s->broken) {
-        /* Best effort: one non-blocking try, no waiting for the peer's reply. */
-        ERR_clear_error();
-        SSL_shutdown(s->ssl);
-    }
+    /* Best effort: one non-blocking try, no waiting for the peer's reply. */
+    stream_tls_send_close_notify(s);
+    stream_tls_push(s);
     ERR_clear_error();
     SSL_free(s->ssl);
 }

@@ -117,7 +117,7 @@ void conn_abort(struct conn *c)
     if (c->up)
         upstream_release(c->up, false);
     request_end(c);
-    if (evbuffer_get_length(tether_stream_get_output(c->bev)) == 0) {
+    if (tether_stream_output_pending(c->bev) == 0) {
         conn_free(c);
         return;
     }
@@ -158,8 +158,10 @@ static void close_gracefully(struct conn *c)
     c->state = C_LINGER;
     disarm(c);
     tether_stream_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(tether_stream_get_output(c->bev)) == 0)
+    if (tether_stream_output_pending(c->bev) == 0)
         linger_start(c);
+    else
+        tether_stream_close_notify_after_output(c->bev);
 }
 
 void conn_error(struct conn *c, int status, const char *what)
@@ -349,7 +351,7 @@ void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         }
         break;
     case T_IDLE:
-        if (evbuffer_get_length(tether_stream_get_output(c->bev)) > 0) {
+        if (tether_stream_output_pending(c->bev) > 0) {
             /* Still writing the last response: the write timeout guards that. */
             arm(c, T_IDLE);
             return;
@@ -726,7 +728,7 @@ static void on_write(struct tether_stream *bev, void *arg)
 {
     struct conn *c = arg;
     if (c->state == C_LINGER) {
-        if (evbuffer_get_length(tether_stream_get_output(bev)) > 0)
+        if (tether_stream_output_pending(bev) > 0)
             return;
         if (c->aborting)
             conn_free(c);
@@ -769,7 +771,7 @@ static void on_event(struct tether_stream *bev, short what, void *arg)
                 conn_forward_request_body(c);
             return;
         }
-        if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_output(bev)) > 0) {
+        if (c->state == C_HEAD && tether_stream_output_pending(bev) > 0) {
             close_gracefully(c);
             return;
         }

@@ -399,7 +399,7 @@ static void on_write(struct tether_stream *bev, void *arg)
     if (!c)
         return;
     if (c->state == C_TUNNEL) {
-        if (c->close_after && evbuffer_get_length(tether_stream_get_output(bev)) == 0) {
+        if (c->close_after && tether_stream_output_pending(bev) == 0) {
             conn_abort(c);
             return;
         }
@@ -427,7 +427,7 @@ void upstream_tunnel_client_closed(struct upstream *u)
     struct conn *c = u->c;
     c->close_after = true;
     evbuffer_add_buffer(tether_stream_get_output(u->bev), tether_stream_get_input(c->bev));
-    if (evbuffer_get_length(tether_stream_get_output(u->bev)) == 0)
+    if (tether_stream_output_pending(u->bev) == 0)
         conn_abort(c);
 }
 

@@ -885,6 +885,68 @@ class Handshake(TlsCase):
 
 # ---------------------------------------------------------------- reload
 
+class Transfers(TlsCase):
+    """Large responses over TLS: the records tetherd makes wait for a slow
+    socket without loss, and a reader that takes nothing is still cut."""
+
+    def setUp(self):
+        super().setUp()
+        from test_timeouts import BigBackend, body_of
+        self.body_of = body_of
+        big = BigBackend()
+        self.addCleanup(big.stop)
+        self.start_tls(backends=[{"name": "big", "address": "%s:%d" % (HOST, big.port)}],
+                       timeouts={"client_idle": "1s", "backend_idle": "10s"}, health={"path": "/2"})
+
+    def small_window(self):
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(10)
+        raw.connect((HOST, self.port))
+        s = client_ctx(verify=False).wrap_socket(raw, server_hostname="a.test")
+        self.addCleanup(s.close)
+        return s
+
+    def test_slow_reader_gets_everything(self):
+        n = 3 * 1024 * 1024
+        s = self.small_window()
+        s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nx-fc-session-id: slow\r\nConnection: close\r\n\r\n" % n)
+        got = b""
+        t0 = time.monotonic()
+        for _ in range(100000):
+            slow = len(got) < 150000  # about 40 KB/s for 4 s, then at full speed
+            if slow:
+                time.sleep(0.1)
+            try:
+                d = s.recv(4096 if slow else 1 << 20)
+            except ssl.SSLError as e:
+                self.fail("TLS error after %d bytes: %s" % (len(got), e))
+            if not d:
+                break
+            got += d
+            self.assertLess(time.monotonic() - t0, 60)
+        hdr = got.find(b"\r\n\r\n")
+        self.assertGreater(hdr, 0)
+        self.assertEqual(len(got) - hdr - 4, n, "the response was cut")
+        self.assertEqual(got[hdr + 4:], self.body_of(n))
+
+    def test_stuck_reader_is_cut(self):
+        n = 32 * 1024 * 1024
+        s = self.small_window()
+        s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        time.sleep(2 * 1 + 1.5)
+        got = 0
+        for _ in range(100000):
+            try:
+                d = s.recv(1 << 20)
+            except (ssl.SSLError, OSError):
+                break
+            if not d:
+                break
+            got += len(d)
+        self.assertLess(got, n, "a client that read nothing for 3.5 s was not cut")
+
+
 class Reload(TlsCase):
     def install(self, crt, key):
         for src, dst in ((crt, self.live_crt), (key, self.live_key)):
