@@ -643,7 +643,7 @@ int tether_stream_enable(struct tether_stream *s, short what)
     stream_sync(s);
     if (s->state != ST_OPEN)
         return 0;
-    if ((what & EV_WRITE) && !s->wblocked && evbuffer_get_length(s->output) > 0)
+    if ((what & EV_WRITE) && !s->wblocked && stream_pending(s) > 0)
         stream_mark(s, 0);
     if ((what & EV_READ) && s->ssl && reading(s) && SSL_has_pending(s->ssl))
         stream_mark(s, P_READ);

@@ -255,12 +255,10 @@ ssize_t stream_tls_read(struct tether_stream *s, short *what, int *err)
             *what = failure(s, e, sys, err);
         break;
     }
-    if (s->tls_out && evbuffer_get_length(s->tls_out) > 0) {
-        if (stream_tls_push(s) < 0 && !*what) {
-            *what = BEV_EVENT_ERROR;
-            *err = errno;
-        }
-        s->wblocked = stream_pending(s) > 0;
+    /* Records reading made (post-handshake messages) leave through the
+       write path, which also tells the user once the output is gone. */
+    if (s->tls_out && evbuffer_get_length(s->tls_out) > 0 && !s->wblocked) {
+        s->wblocked = true;
         stream_sync(s);
     } else if (was != s->rwant_write) {
         stream_sync(s);

@@ -651,7 +651,8 @@ void conn_response_done(struct conn *c)
     request_end(c);
     if (!c->req_done || c->close_after || !c->keepalive ||
         (c->read_eof && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)) {
-        c->done_reading = c->req_done;
+        /* A tunnel's client may be sending still: it always lingers. */
+        c->done_reading = c->req_done && c->status != 101;
         close_gracefully(c);
         return;
     }
@@ -854,8 +855,11 @@ void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *
     while (c) {
         struct conn *next = TAILQ_NEXT(c, link);
         if (!c->bev ||
-            (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0))
+            (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0 &&
+             tether_stream_output_pending(c->bev) == 0))
             conn_free(c);
+        else if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)
+            close_gracefully(c); /* its last response is still being written */
         else
             c->keepalive = false;
         c = next;

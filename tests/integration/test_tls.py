@@ -930,6 +930,33 @@ class Transfers(TlsCase):
         self.assertEqual(len(got) - hdr - 4, n, "the response was cut")
         self.assertEqual(got[hdr + 4:], self.body_of(n))
 
+    def test_pipelined_behind_a_large_response(self):
+        """Requests arriving while a large response is still held for the
+        socket: every response comes whole and in order."""
+        n = 2 * 1024 * 1024
+        s = self.small_window()
+        s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nx-fc-session-id: pl\r\n\r\n" % n)
+        got = b""
+        for i in range(3):  # more requests while the first response is under way
+            time.sleep(0.1)
+            got += s.recv(4096)
+            last = b"Connection: close\r\n" if i == 2 else b""
+            s.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\nx-fc-session-id: pl\r\n%s\r\n" % (1000 + i, last))
+        t0 = time.monotonic()
+        for _ in range(100000):
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            got += d
+            self.assertLess(time.monotonic() - t0, 30)
+        for size in (n, 1000, 1001, 1002):
+            hdr = got.find(b"\r\n\r\n")
+            self.assertGreater(hdr, 0, "response for %d missing" % size)
+            self.assertIn(b"Content-Length: %d\r\n" % size, got[:hdr + 2])
+            self.assertEqual(got[hdr + 4:hdr + 4 + size], self.body_of(size))
+            got = got[hdr + 4 + size:]
+        self.assertEqual(got, b"")
+
     def test_stuck_reader_is_cut(self):
         n = 32 * 1024 * 1024
         s = self.small_window()
