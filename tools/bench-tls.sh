@@ -34,27 +34,28 @@ export TAG=${TAG:-tether-tls-$proto-$(date -u +%Y%m%dT%H%M%SZ)}
 fullhs_secs=${FULLHS_SECS:-10}
 tls_port=${TLS_PORT:-8443} # the harness's TLS port, for the negotiation probe
 mkdir -p "$RESULTS_DIR"
+# A copy of the harness to change, used from here on (its folder stays read-only).
+copy_harness() {
+    copy=$RUN_DIR/$1
+    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$bench"/. "$copy"/
+    bench=$copy
+    export BENCH_DIR=$copy
+}
 case $proto in
 default) ;;
 tls13)
-    # The harness folder stays read-only: its copy gets the nginx line.
-    copy=$RUN_DIR/bench-tls13
-    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$bench"/. "$copy"/
+    # nginx 1.22 enables TLSv1.3 only when told: the copy gets the line.
+    copy_harness bench-tls13
     sed -i 's#^\( *\)ssl_certificate_key .*;#&\n\1ssl_protocols TLSv1.2 TLSv1.3;#' "$copy/conf/nginx-lb.conf.in"
     grep -q 'ssl_protocols TLSv1.2 TLSv1.3;' "$copy/conf/nginx-lb.conf.in" ||
-        { echo "bench-tls: cannot enable TLSv1.3 in the nginx config" >&2; exit 1; }
-    bench=$copy
-    export BENCH_DIR=$copy ;;
+        { echo "bench-tls: cannot enable TLSv1.3 in the nginx config" >&2; exit 1; } ;;
 tls12)
     # openssl s_time sets its own version bounds, which override the
     # OPENSSL_CONF below: its copy of fullhs.sh asks for TLS 1.2 outright.
-    copy=$RUN_DIR/bench-tls12
-    rm -rf "$copy" && mkdir -p "$copy" && cp -r "$bench"/. "$copy"/
+    copy_harness bench-tls12
     sed -i 's#openssl s_time -connect#openssl s_time -tls1_2 -connect#' "$copy/fullhs.sh"
     grep -q 's_time -tls1_2 -connect' "$copy/fullhs.sh" ||
         { echo "bench-tls: cannot make fullhs.sh ask for TLS 1.2" >&2; exit 1; }
-    bench=$copy
-    export BENCH_DIR=$copy
     printf '%s\n' 'openssl_conf = openssl_init' '[openssl_init]' 'ssl_conf = ssl_sect' '[ssl_sect]' \
         'system_default = system_default_sect' '[system_default_sect]' 'MaxProtocol = TLSv1.2' \
         > "$RUN_DIR/tls12.cnf"

@@ -104,6 +104,7 @@ bool stream_run_event(struct tether_stream *s, short what, int err);
 bool stream_read(struct tether_stream *s);
 bool stream_write(struct tether_stream *s);
 bool stream_opened(struct tether_stream *s);
+ssize_t stream_send(int fd, struct evbuffer *b);
 
 /* stream_tls.c */
 int stream_tls_set_fd(struct tether_stream *s, int fd);

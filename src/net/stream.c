@@ -294,17 +294,18 @@ static ssize_t plain_read(struct tether_stream *s, short *what, int *err)
 }
 
 /*
- * Write from the output until the socket takes less than offered; returns
- * the bytes written, or -1 with *err. A short write means the socket buffer
- * is full: wait for EV_WRITE rather than spend a call on EAGAIN.
+ * Write b's bytes until the socket takes less than offered (at most
+ * WRITE_ROUNDS calls), draining what was written. A short write means the
+ * socket buffer is full: wait for EV_WRITE rather than spend a call on
+ * EAGAIN. Returns the bytes written, or -1 with errno set.
  */
-static ssize_t plain_write(struct tether_stream *s, int *err)
+ssize_t stream_send(int fd, struct evbuffer *b)
 {
     size_t total = 0;
     for (int round = 0; round < WRITE_ROUNDS; round++) {
         struct evbuffer_iovec v[WRITE_IOV];
         struct iovec iov[WRITE_IOV];
-        int n = evbuffer_peek(s->output, -1, NULL, v, WRITE_IOV);
+        int n = evbuffer_peek(b, -1, NULL, v, WRITE_IOV);
         if (n <= 0)
             break;
         if (n > WRITE_IOV)
@@ -316,22 +317,32 @@ static ssize_t plain_write(struct tether_stream *s, int *err)
             want += v[i].iov_len;
         }
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t r = sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t r = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            *err = errno;
             return -1;
         }
-        evbuffer_drain(s->output, (size_t)r);
+        evbuffer_drain(b, (size_t)r);
         total += (size_t)r;
         if ((size_t)r < want)
             break;
     }
-    s->wblocked = evbuffer_get_length(s->output) > 0;
     return (ssize_t)total;
+}
+
+/* Write from the output; returns the bytes written, or -1 with *err. */
+static ssize_t plain_write(struct tether_stream *s, int *err)
+{
+    ssize_t n = stream_send(s->fd, s->output);
+    if (n < 0) {
+        *err = errno;
+        return -1;
+    }
+    s->wblocked = evbuffer_get_length(s->output) > 0;
+    return n;
 }
 
 /* The state machine. */

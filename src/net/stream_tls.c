@@ -7,8 +7,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <openssl/err.h>
@@ -19,7 +17,6 @@
 #define TLS_RECORD_MAX 16384
 /* Records held for the socket at most: past it SSL_write waits. */
 #define TLS_OUT_MAX (64 * 1024)
-#define PUSH_IOV 16
 
 /*
  * An accepted stream's records go to tls_out through this BIO, and leave in
@@ -55,40 +52,10 @@ static void out_init(void)
     out_method = m;
 }
 
-/*
- * Write the records held in tls_out, as many as the socket takes. Returns
- * the bytes written, or -1 with errno set. Streams without tls_out: 0.
- */
+/* Write the records held in tls_out: bytes written, or -1 with errno. */
 ssize_t stream_tls_push(struct tether_stream *s)
 {
-    ssize_t total = 0;
-    while (s->tls_out && evbuffer_get_length(s->tls_out) > 0) {
-        struct evbuffer_iovec v[PUSH_IOV];
-        struct iovec iov[PUSH_IOV];
-        int n = evbuffer_peek(s->tls_out, -1, NULL, v, PUSH_IOV);
-        if (n > PUSH_IOV)
-            n = PUSH_IOV;
-        size_t want = 0;
-        for (int i = 0; i < n; i++) {
-            iov[i].iov_base = v[i].iov_base;
-            iov[i].iov_len = v[i].iov_len;
-            want += v[i].iov_len;
-        }
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t r = sendmsg(s->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            return -1;
-        }
-        evbuffer_drain(s->tls_out, (size_t)r);
-        total += r;
-        if ((size_t)r < want)
-            break;
-    }
-    return total;
+    return s->tls_out ? stream_send(s->fd, s->tls_out) : 0;
 }
 
 /*
