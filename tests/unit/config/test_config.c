@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "common.h"
+#include "../unit.h"
 
 #ifndef TETHER_SOURCE_ROOT
 #error "the build passes TETHER_SOURCE_ROOT, the source tree's root"
@@ -328,11 +329,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(config_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(config_suite());
 }

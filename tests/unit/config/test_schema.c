@@ -9,6 +9,7 @@
 #include <check.h>
 
 #include "common.h"
+#include "../unit.h"
 
 START_TEST(defaults)
 {
@@ -392,11 +393,5 @@ static Suite *schema_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(schema_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(schema_suite());
 }

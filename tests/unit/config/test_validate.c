@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "common.h"
+#include "../unit.h"
 
 START_TEST(duplicates)
 {
@@ -278,11 +279,5 @@ static Suite *validate_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(validate_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(validate_suite());
 }

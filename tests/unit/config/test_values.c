@@ -10,6 +10,7 @@
 
 #include "tether/config.h"
 #include "../../../src/config/internal.h"
+#include "../unit.h"
 
 static uint64_t dur(const char *s)
 {
@@ -229,11 +230,5 @@ static Suite *values_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(values_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(values_suite());
 }

@@ -10,6 +10,7 @@
 #include <check.h>
 
 #include "common.h"
+#include "../unit.h"
 
 START_TEST(unknown_keys)
 {
@@ -212,11 +213,5 @@ static Suite *walk_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(walk_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(walk_suite());
 }

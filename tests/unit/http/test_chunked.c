@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "tether/http.h"
+#include "../unit.h"
 
 /* What scanning a whole input told us. */
 struct outcome {
@@ -456,11 +457,5 @@ static Suite *chunked_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(chunked_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(chunked_suite());
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "tether/http.h"
+#include "../unit.h"
 
 #define H "Host: a\r\n"
 
@@ -790,11 +791,5 @@ static Suite *parser_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(parser_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return unit_run(parser_suite());
 }

@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "tether/lb.h"
+#include "../unit.h"
 
 #define MAXN 32
 #define NAMELEN 32
@@ -472,9 +473,5 @@ static Suite *bounded_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(bounded_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(bounded_suite());
 }

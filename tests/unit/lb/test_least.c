@@ -9,6 +9,7 @@
 #include <check.h>
 
 #include "tether/lb.h"
+#include "../unit.h"
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -171,9 +172,5 @@ static Suite *least_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(least_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(least_suite());
 }

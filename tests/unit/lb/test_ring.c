@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "tether/lb.h"
+#include "../unit.h"
 
 #define NAMELEN 32
 
@@ -508,9 +509,5 @@ static Suite *ring_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ring_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(ring_suite());
 }

@@ -31,6 +31,7 @@
 #include <openssl/x509.h>
 
 #include "tether/net.h"
+#include "../unit.h"
 
 #define MB (1024 * 1024)
 
@@ -1586,9 +1587,5 @@ static Suite *stream_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(stream_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(stream_suite());
 }

@@ -14,6 +14,7 @@
 #include <check.h>
 
 #include "tether/session.h"
+#include "../unit.h"
 
 #define NAME "fc_session"
 
@@ -325,9 +326,5 @@ static Suite *keys_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(keys_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(keys_suite());
 }

@@ -15,6 +15,7 @@
 #include <check.h>
 
 #include "tether/session.h"
+#include "../unit.h"
 
 #define BIG (1000ULL * 1000 * 1000 * 1000) /* a timeout that never fires in a test */
 
@@ -1411,9 +1412,5 @@ static Suite *table_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(table_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(table_suite());
 }

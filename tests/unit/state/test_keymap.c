@@ -10,6 +10,7 @@
 #include <check.h>
 
 #include "store-int.h"
+#include "../unit.h"
 
 #define N 5000
 
@@ -110,9 +111,5 @@ int main(void)
     tcase_add_test(tc, test_spread);
     tcase_add_test(tc, test_collisions);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(s);
 }

@@ -13,6 +13,7 @@
 
 #include "tether/util.h"
 #include "store-int.h"
+#include "../unit.h"
 
 /* A reply built by hand: an array of bulk strings, or one element of another type. */
 struct fake {
@@ -140,9 +141,5 @@ int main(void)
     tcase_add_test(tc, test_script_digests);
     tcase_add_test(tc, test_clocks);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(s);
 }

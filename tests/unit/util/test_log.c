@@ -13,6 +13,7 @@
 #include <check.h>
 
 #include "tether/util.h"
+#include "../unit.h"
 
 static FILE *capture;
 static int saved_stderr = -1;
@@ -180,9 +181,5 @@ static Suite *log_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(log_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(log_suite());
 }

@@ -9,6 +9,7 @@
 #include <check.h>
 
 #include "tether/util.h"
+#include "../unit.h"
 
 START_TEST(test_monotonic)
 {
@@ -92,9 +93,5 @@ static Suite *time_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(time_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return unit_run(time_suite());
 }
