@@ -68,26 +68,6 @@ class RedisStore(it.TetherTestCase):
         it.wait_until(lambda: t.stderr_text().count(fragment) > more_than, timeout,
                       what="%r in tetherd's log" % fragment)
 
-    def run_threads(self, target, n, timeout=60):
-        results = [None] * n
-
-        def wrap(i):
-            try:
-                results[i] = target(i)
-            except BaseException as e:  # reported by the main thread
-                results[i] = e
-
-        threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout)
-        self.assertFalse(any(t.is_alive() for t in threads), "client threads hung")
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results
-
     # ------------------------------------------------------------ restart
 
     def test_restart_returns_every_session_to_its_instance(self):

@@ -3,7 +3,6 @@ session on one instance."""
 
 import os
 import sys
-import threading
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 import tether_it as it  # noqa: E402
@@ -19,27 +18,6 @@ class Workers(it.TetherTestCase):
         self.start_tether(self.pool, workers=2)
         self.tag = os.urandom(4).hex()
 
-    def run_threads(self, target, n):
-        barrier = threading.Barrier(n, timeout=10)
-        results = [None] * n
-
-        def wrap(i):
-            try:
-                results[i] = target(i, barrier)
-            except BaseException as e:  # reported by the main thread
-                results[i] = e
-
-        threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        self.assertFalse(any(t.is_alive() for t in threads), "client threads hung")
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results
-
     def test_concurrent_connections_keep_affinity(self):
         def client(i, barrier):
             out = []
@@ -51,7 +29,7 @@ class Workers(it.TetherTestCase):
                     out.append((key, r.status, r.instance, it.parse_kv(r.text()).get("count")))
             return out
 
-        results = self.run_threads(client, NCONN)
+        results = self.run_threads(client, NCONN, timeout=30, barrier=True)
         homes = {}
         counts = {}
         total = 0
@@ -82,7 +60,7 @@ class Workers(it.TetherTestCase):
                     r = c.get("/", [("x-fc-session-id", key)])
                     return r.status, r.instance
 
-            results = self.run_threads(client, NCONN)
+            results = self.run_threads(client, NCONN, timeout=30, barrier=True)
             self.assertEqual({s for s, _ in results}, {200})
             self.assertEqual(len({i for _, i in results}), 1, "key %s split over %s" % (key, results))
 

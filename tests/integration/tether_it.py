@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -982,6 +983,31 @@ class TetherTestCase(unittest.TestCase):
         c = Conn(port or self.port, timeout=timeout)
         self._conns.append(c)
         return c
+
+    def run_threads(self, target, n, timeout=60, barrier=False):
+        """target(i) (with barrier: target(i, a Barrier of n)) on n threads at
+        once; their results in order. An exception in one is raised here, a
+        thread still running after timeout fails the test."""
+        b = threading.Barrier(n, timeout=10) if barrier else None
+        results = [None] * n
+
+        def wrap(i):
+            try:
+                results[i] = target(i, b) if barrier else target(i)
+            except BaseException as e:  # reported by the main thread
+                results[i] = e
+
+        threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.assertFalse(any(t.is_alive() for t in threads), "client threads hung")
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results
 
     def assertAlive(self, t=None):
         t = t or self.tether
