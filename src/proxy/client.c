@@ -854,12 +854,13 @@ void tether_proxy_worker_stop(struct tether_proxy_worker *w, void (*done)(void *
     struct conn *c = TAILQ_FIRST(&w->conns);
     while (c) {
         struct conn *next = TAILQ_NEXT(c, link);
-        if (!c->bev ||
-            (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0 &&
-             tether_stream_output_pending(c->bev) == 0))
+        /* Between requests: closed now, or once its last response is out. */
+        bool idle = c->bev && c->state == C_HEAD &&
+                    evbuffer_get_length(tether_stream_get_input(c->bev)) == 0;
+        if (!c->bev || (idle && tether_stream_output_pending(c->bev) == 0))
             conn_free(c);
-        else if (c->state == C_HEAD && evbuffer_get_length(tether_stream_get_input(c->bev)) == 0)
-            close_gracefully(c); /* its last response is still being written */
+        else if (idle)
+            close_gracefully(c);
         else
             c->keepalive = false;
         c = next;
